@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,20 +32,6 @@ S = 32  # small image size keeps the tests fast
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def shared_data_dir() -> Path:
-    """The embedded real datasets: $MVFA_SHARED_DATA, else <repo>/../shared/data."""
-    default = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return Path(os.environ.get("MVFA_SHARED_DATA", default))
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    root = shared_data_dir()
-    if not root.is_dir():
-        pytest.skip(f"shared data not found at {root} (set MVFA_SHARED_DATA)")
-    return root
 
 
 def write_png(path: Path, size=(20, 16), value: int = 128, mode: str = "L") -> Path:
