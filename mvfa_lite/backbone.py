@@ -20,6 +20,7 @@ from pathlib import Path
 import open_clip
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from .errors import WeightsError
 
@@ -81,6 +82,12 @@ class Backbone(nn.Module):
         x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
         return visual.ln_pre(x)
 
+    def run_blocks(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Tokens (B, T, W) through blocks start+1 .. end (1-indexed), batch-first SDPA."""
+        for block in self.blocks[start:end]:
+            x = _block_forward(block, x)
+        return x
+
     @torch.no_grad()
     def encode_text(self, sentences: list[str]) -> torch.Tensor:
         """Sentences -> L2-normalised joint-space embeddings (T, D), float32."""
@@ -90,6 +97,23 @@ class Backbone(nn.Module):
 
     def train(self, mode: bool = True):
         return super().train(False)   # frozen: dropout and friends stay off
+
+
+def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One open_clip residual block with attention computed by ``scaled_dot_product_attention``
+    on batch-first, contiguous tensors. nn.MultiheadAttention transposes to (T, B, W) first,
+    which in bf16 on CPU hits a copy that is ~100x slower than the maths; SDPA also picks the
+    flash / memory-efficient kernels on GPU. Other block types run their own forward."""
+    attn = getattr(block, "attn", None)
+    if not isinstance(attn, nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
+        return block(x)
+    b, t, w = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)    # (B, T, 3W)
+    q, k, v = qkv.view(b, t, 3, heads, w // heads).permute(2, 0, 3, 1, 4)     # (B, H, T, W/H)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, w)
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",

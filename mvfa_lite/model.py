@@ -61,9 +61,7 @@ class MVFA(nn.Module):
         """(B, 3, S, S) -> tokens (B, T, W) after block ``levels[0]``; no autograd needed."""
         with torch.no_grad():
             x = self.backbone.embed(images.to(self.device), self.config.normalize_pixels)
-            for block in self.backbone.blocks[: self.levels[0]]:
-                x = block(x)
-        return x
+            return self.backbone.run_blocks(x, 0, self.levels[0])
 
     def forward(self, images: torch.Tensor | None = None, *,
                 stem: torch.Tensor | None = None) -> Features:
@@ -72,8 +70,7 @@ class MVFA(nn.Module):
         seg, det = [], []
         for level, block_end in enumerate(self.levels):
             if level > 0:
-                for block in self.backbone.blocks[self.levels[level - 1]: block_end]:
-                    x = block(x)
+                x = self.backbone.run_blocks(x, self.levels[level - 1], block_end)
             x, h_seg, h_det = self.banks(level, x)
             seg.append(h_seg)
             det.append(h_det)

@@ -18,10 +18,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with bf16 matrix units (Intel AMX, AVX512-BF16): there bf16 runs the
+    ViT 4x faster than fp32; elsewhere bf16 is emulated and slower, so fp32 is used."""
+    return torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; on CPU fp32 (bf16 matmuls are slower than fp32 on most CPUs)."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA, and on CPUs with native bf16; otherwise fp32."""
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

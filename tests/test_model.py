@@ -163,3 +163,13 @@ def test_protocol_table():
     with pytest.raises(ValueError, match="protocol"):
         MVFAConfig(protocol="other")
     assert preset("fast-cpu").model_name == "tiny-random"
+
+
+def test_sdpa_blocks_match_open_clip_blocks(tiny_model):
+    x = torch.randn(3, 290, 96)
+    expected = x
+    with torch.no_grad():
+        for block in tiny_model.backbone.blocks:
+            expected = block(expected)
+        torch.testing.assert_close(tiny_model.backbone.run_blocks(x, 0, 4), expected,
+                                   rtol=1e-4, atol=1e-4)
