@@ -1,4 +1,4 @@
-"""The ``mvfa-lite`` command: train, evaluate, predict.
+"""The ``mvfa-lite`` command: train, evaluate, predict, sweep.
 
 Errors of the user's making (bad folders, images, checkpoints, weights) are printed as one
 message that says what to fix, without a traceback; exit status 2.
@@ -97,13 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoint's dataset, e.g. 'Brain')")
     predict.add_argument("--clip-checkpoint")
     predict.add_argument("--device", default="auto")
+    sweep = commands.add_parser("sweep", help="run a notebook over a parameter grid (papermill)",
+                                description="Execute a notebook for every point of a YAML grid; "
+                                "finished runs (those with result.json) are skipped, so a killed "
+                                "sweep resumes where it stopped. Grid format: see "
+                                "mvfa_lite/sweep.py or sweeps/*.yaml.")
+    sweep.add_argument("grid", help="YAML grid file")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do")
+    sweep.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": _train, "evaluate": _evaluate, "predict": _predict}[args.command](args)
+        commands = {"train": _train, "evaluate": _evaluate, "predict": _predict,
+                    "sweep": _sweep}
+        return commands[args.command](args)
     except (MVFAError, ValueError) as error:
         print(f"mvfa-lite {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -130,7 +140,8 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from .data import ADDataset
     from .evaluate import compute_metrics, save_scores, score_dataset
-    from .experiment import _write_json, load_trained, weights_banner
+    from .experiment import load_trained, weights_banner
+    from .results import write_json
     from .prompts import object_name
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
                                         with_bank=not args.zero_shot_only)
@@ -141,7 +152,7 @@ def _evaluate(args) -> int:
     metrics = compute_metrics(scores)
     if args.out:
         save_scores(scores, args.out, maps=args.save_maps)
-        _write_json(Path(args.out) / "metrics.json",
+        write_json(Path(args.out) / "metrics.json",
                     dict(metrics=metrics, weights=weights_banner(model), dataset=test.name,
                          checkpoint=str(args.checkpoint)))
     _report(weights_banner(model), metrics, args.out)
@@ -170,6 +181,12 @@ def _predict(args) -> int:
             writer.writerow([path, f"{float(scores.image_scores[i]):.6g}", picture.name])
     print(f"{len(scores.paths)} overlays and scores.csv written to {out}")
     return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import run_sweep
+    outcome = run_sweep(args.grid, dry_run=args.dry_run, kernel=args.kernel)
+    return 1 if outcome["failed"] else 0
 
 
 def _report(weights: str, metrics: dict, out) -> None:

@@ -41,6 +41,7 @@ class MVFAConfig:
     protocol: str = "paper"
     # --- adapters ----------------------------------------------------------------------
     mix: tuple[float, float, float] = (0.8, 0.1, 0.1)  # stream, seg adapter, det adapter
+    prompts: str = "paper"                 # a named prompt set (prompts.PROMPT_SETS)
     # --- scoring -----------------------------------------------------------------------
     temperature: float = 100.0             # patch-text logits = temperature * cos
     beta: float = 0.5                      # fusion: beta * zero-shot + (1 - beta) * few-shot

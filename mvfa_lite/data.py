@@ -765,3 +765,47 @@ def augment_shots(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tens
         warped_masks = F.grid_sample(masks_4d, grid, **warp)  # (N, 1, H, W)
         out_masks.append((warped_masks > 0.5).to(images.dtype))
     return torch.cat(out_images), torch.cat(out_masks).squeeze(1)  # (11N, C, H, W), (11N, H, W)
+
+
+# --------------------------------------------------------------------------------------------
+# The small embedded datasets used by the tests, the notebooks and the book
+# --------------------------------------------------------------------------------------------
+
+_REPO = Path(__file__).resolve().parent.parent
+EMBEDDED_SETS = ("chestxray_kermany224", "busi", "brainmri_navoneel")
+
+
+def embedded_root(name: str) -> Path:
+    """Folder of an embedded set: ``<repo>/data/<name>`` (the CC BY 4.0 chest X-rays ship
+    there), else ``$MVFA_SHARED_DATA/<name>``, else ``<repo>/../shared/data/<name>``."""
+    if name not in EMBEDDED_SETS:
+        raise DataError(f"unknown embedded set {name!r}; choose from {', '.join(EMBEDDED_SETS)}.")
+    places = [_REPO / "data", Path(os.environ.get("MVFA_SHARED_DATA", _REPO.parent / "shared" / "data"))]
+    for place in places:
+        if (place / name / "embedded").is_dir():
+            return place / name
+    raise DataError(
+        f"embedded set {name!r} not found in {' or '.join(str(p) for p in places)}. Only the chest "
+        "X-rays ship with mvfa-lite (their licence allows it); for busi or brainmri_navoneel set "
+        "MVFA_SHARED_DATA to the folder holding them, or use chestxray_kermany224.")
+
+
+def dataset_root(spec: str | os.PathLike, fallback: str | None = "chestxray_kermany224") -> Path:
+    """A dataset folder from an embedded set's name or a path.
+
+    If ``spec`` names an embedded set that is not on this machine, ``fallback`` is used
+    instead (with a printed note), so that notebooks run anywhere, Colab included.
+    """
+    if str(spec) not in EMBEDDED_SETS:
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise DataError(f"dataset folder {path} does not exist. Give a folder in the BMAD "
+                            f"layout or one of the embedded sets: {', '.join(EMBEDDED_SETS)}.")
+        return path
+    try:
+        return embedded_root(str(spec))
+    except DataError as error:
+        if fallback is None or fallback == spec:
+            raise
+        print(f"note: {error}\nusing {fallback!r} instead.")
+        return embedded_root(fallback)

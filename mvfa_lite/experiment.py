@@ -10,7 +10,6 @@ This is where the protocol decides which data plays which role:
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from .errors import DataError
 from .evaluate import Scores, build_memory_bank, compute_metrics, save_scores, score_dataset
 from .model import MVFA
 from .prompts import object_name
+from .results import write_json
 from .runtime import resolve_device, seed_everything
 from .train import TrainResult, normal_bank_images, shot_set, train_few_shot, train_zero_shot
 
@@ -142,14 +142,8 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bo
         save_checkpoint(model, out / "adapters.pth", dataset=facts["dataset"],
                         normal_shots=facts.get("normal_shots", []))
         save_scores(scores, out, maps=save_maps)
-        _write_json(out / "metrics.json", summary)
+        write_json(out / "metrics.json", summary)
     return Run(model, metrics, scores, result, summary)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=str))
-    temporary.replace(path)
 
 
 def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True):

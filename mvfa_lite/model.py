@@ -17,7 +17,7 @@ from torch import nn
 from .adapters import AdapterBanks
 from .backbone import Backbone, default_levels, load_backbone
 from .config import MVFAConfig
-from .prompts import ABNORMAL_STATES, NORMAL_STATES, TEMPLATES, state_sentences
+from .prompts import PROMPT_SETS, state_sentences
 
 
 @dataclass
@@ -76,12 +76,18 @@ class MVFA(nn.Module):
             det.append(h_det)
         return Features(seg, det)
 
-    def text_features(self, obj: str, normal_states=NORMAL_STATES,
-                      abnormal_states=ABNORMAL_STATES, templates=TEMPLATES) -> torch.Tensor:
+    def text_features(self, obj: str, prompt_set: tuple | None = None) -> torch.Tensor:
         """The prompt ensemble for one object word: T (D, 2), columns normal, abnormal.
 
-        The text tower is frozen, so each result is computed once and cached.
+        ``prompt_set`` = (normal states, abnormal states, templates); by default the set the
+        config names. The text tower is frozen, so each result is computed once and cached.
         """
+        if prompt_set is None:
+            if self.config.prompts not in PROMPT_SETS:
+                raise ValueError(f"unknown prompt set {self.config.prompts!r}; choose from "
+                                 f"{sorted(PROMPT_SETS)}")
+            prompt_set = PROMPT_SETS[self.config.prompts]
+        normal_states, abnormal_states, templates = prompt_set
         key = (obj, tuple(normal_states), tuple(abnormal_states), tuple(templates), self.device)
         if key not in self._text_cache:
             columns = []

@@ -34,6 +34,14 @@ MEDICAL_NORMAL_STATES = ("{}", "healthy {}", "normal {}", "{} without lesion",
 MEDICAL_ABNORMAL_STATES = ("{} with a lesion", "{} with a tumor", "abnormal {}",
                            "{} with an abnormality", "diseased {}")
 
+# Named prompt sets for the ablations: (normal states, abnormal states, templates).
+PROMPT_SETS = {
+    "paper": (NORMAL_STATES, ABNORMAL_STATES, TEMPLATES),            # 245 + 175 sentences
+    "medical": (MEDICAL_NORMAL_STATES, MEDICAL_ABNORMAL_STATES, TEMPLATES),
+    "states-only": (NORMAL_STATES, ABNORMAL_STATES, ("{}",)),        # no template ensemble
+    "single": (("normal {}",), ("abnormal {}",), ("a photo of a {}.",)),  # one sentence each
+}
+
 # The object word per dataset: the six BMAD sets (as in the official code) and the
 # embedded sets shipped for tests and demos.
 OBJECT_NAMES = {

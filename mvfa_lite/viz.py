@@ -32,3 +32,51 @@ def side_by_side(image: torch.Tensor, heat: torch.Tensor, mask: torch.Tensor | N
     for i, panel in enumerate(panels):
         canvas.paste(panel, (i * width, 0))
     return canvas
+
+
+def overlay_grid(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None,
+                 titles: list[str] | None = None, columns: int = 4, alpha: float = 0.45):
+    """A matplotlib figure of heat-map overlays (N images), with mask outlines if given."""
+    import matplotlib.pyplot as plt
+    n = len(images)
+    rows = (n + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(overlay(images[i], maps[i], alpha))
+        if masks is not None and masks[i].any():
+            ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.2)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def roc_figure(curves: dict, title: str = "ROC"):
+    """ROC curves: ``curves`` maps a name to (labels, scores)."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+    figure, ax = plt.subplots(figsize=(4.2, 4))
+    for name, (labels, scores) in curves.items():
+        fpr, tpr, _ = roc_curve(labels, scores)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(labels, scores):.3f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def weights_notice(identity: dict):
+    """A visible banner for notebook outputs saying which weights produced the numbers."""
+    from IPython.display import HTML
+    name, weights = identity["model_name"], identity["weights"]
+    if identity.get("weights_random"):
+        return HTML(
+            '<div style="border-left:6px solid #d9534f;background:#fdf2f2;padding:8px 12px">'
+            f"<b>Random weights</b> ({name}): every number on this page tests the code and "
+            "says nothing about MVFA. Run with real CLIP weights (set <code>model_name</code>"
+            " and <code>pretrained</code>, see the parameters cell) for results.</div>")
+    return HTML('<div style="border-left:6px solid #5cb85c;background:#f2fbf2;padding:8px 12px">'
+                f"Backbone <b>{name}</b>, weights <code>{weights}</code>.</div>")

@@ -1,0 +1,57 @@
+"""Result files: written atomically (a crash never leaves half a file), read back as tables.
+
+Every notebook ends with :func:`save_result` into its output folder; sweeps skip runs whose
+``result.json`` exists, and the results page reads them all with :func:`collect_results`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+RESULT_FILE = "result.json"
+
+
+def write_json(path: str | Path, payload) -> Path:
+    """Write JSON to ``path`` through a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=_plain))
+    temporary.replace(path)
+    return path
+
+
+def save_result(out_dir: str | Path, payload: dict) -> Path:
+    """A notebook's final act: ``out_dir/result.json`` (metrics, parameters, weights used)."""
+    return write_json(Path(out_dir) / RESULT_FILE, payload)
+
+
+def collect_results(root: str | Path) -> list[dict]:
+    """Every result.json below ``root``, flattened one level (``metrics.image_auroc`` ...),
+    with ``run`` = its folder relative to root. Unreadable files are reported, not fatal."""
+    rows = []
+    for path in sorted(Path(root).rglob(RESULT_FILE)):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"skipping unreadable {path}: {error}")
+            continue
+        row = {"run": path.parent.relative_to(root).as_posix()}
+        for key, value in payload.items():
+            if isinstance(value, dict):
+                row.update({f"{key}.{k}": v for k, v in value.items()
+                            if not isinstance(v, (dict, list))})
+            elif not isinstance(value, list):
+                row[key] = value
+        rows.append(row)
+    return rows
+
+
+def _plain(value):
+    """JSON fallback for numpy/torch scalars and paths."""
+    if hasattr(value, "item"):
+        value = value.item()
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return str(value)
