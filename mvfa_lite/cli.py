@@ -1,4 +1,4 @@
-"""The ``mvfa-lite`` command: train, evaluate, predict, sweep.
+"""The ``mvfa-lite`` command: train, evaluate, predict, sweep, bench.
 
 Errors of the user's making (bad folders, images, checkpoints, weights) are printed as one
 message that says what to fix, without a traceback; exit status 2.
@@ -105,6 +105,30 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("grid", help="YAML grid file")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do")
     sweep.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
+    bench = commands.add_parser("bench", help="speed of every stage on this device",
+                                description="Measure forward, training-step and scoring "
+                                "throughput, the end-to-end few-shot protocol and one zero-shot "
+                                "epoch, with random weights and generated images (speed does "
+                                "not depend on either). Writes a JSON file.")
+    bench.add_argument("--model", dest="model_name", default="ViT-L-14-336")
+    bench.add_argument("--image-size", type=int, default=240)
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--batch-size", type=int, default=64, help="forward / scoring batch")
+    bench.add_argument("--train-batch", type=int, default=32)
+    bench.add_argument("--shots", type=int, default=4)
+    bench.add_argument("--epochs", type=int, default=50)
+    bench.add_argument("--test-images", type=int, default=3715, help="BrainMRI test split size")
+    bench.add_argument("--zero-shot-images", type=int, default=20000)
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--quick", action="store_true",
+                       help="CPU-sized: 1 epoch, 32 test images, 64 zero-shot images, batch 16 "
+                       "(the embedded BUSI recipe)")
+    bench.add_argument("--baseline", action="store_true",
+                       help="also time a batch-1 per-image loop like the official code's")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the blocks")
+    bench.add_argument("--protocol", choices=["paper", "corrected"], default="paper")
+    bench.add_argument("--no-amp", dest="amp", action="store_false")
+    bench.add_argument("--out", default="bench.json")
     return parser
 
 
@@ -112,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                    "sweep": _sweep}
+                    "sweep": _sweep, "bench": _bench}
         return commands[args.command](args)
     except (MVFAError, ValueError) as error:
         print(f"mvfa-lite {args.command}: error: {error}", file=sys.stderr)
@@ -187,6 +211,28 @@ def _sweep(args) -> int:
     from .sweep import run_sweep
     outcome = run_sweep(args.grid, dry_run=args.dry_run, kernel=args.kernel)
     return 1 if outcome["failed"] else 0
+
+
+def _bench(args) -> int:
+    from .bench import format_table, run_benchmark
+    from .results import write_json
+    sizes = dict(batch_size=args.batch_size, train_batch=args.train_batch,
+                 test_images=args.test_images, zero_shot_images=args.zero_shot_images)
+    epochs = args.epochs
+    if args.quick:
+        sizes = dict(batch_size=16, train_batch=16, test_images=32, zero_shot_images=64)
+        epochs = 1
+    config = MVFAConfig(model_name=args.model_name, pretrained="random",
+                        image_size=args.image_size, device=args.device, shots=args.shots,
+                        epochs=epochs, protocol=args.protocol, amp=args.amp)
+    result = run_benchmark(config, repeats=args.repeats, baseline=args.baseline,
+                           compile=args.compile, **sizes)
+    result["command"] = "mvfa-lite " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
+        "mvfa-lite") else None
+    write_json(args.out, result)
+    print(format_table(result))
+    print(f"written to {args.out}")
+    return 0
 
 
 def _report(weights: str, metrics: dict, out) -> None:

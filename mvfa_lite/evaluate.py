@@ -24,7 +24,7 @@ from . import metrics
 from .branches import MemoryBank, few_shot, fuse, min_max, zero_shot
 from .errors import MetricError
 from .model import MVFA
-from .runtime import autocast
+from .runtime import autocast, loader_workers
 
 IMAGE_SCORE_RULES = ("paper", "det", "seg_max")
 
@@ -39,6 +39,43 @@ class Scores:
     branches: dict[str, torch.Tensor] = field(default_factory=dict)  # raw per-image scores
 
 
+class StemSet:
+    """A labelled set scored many times (model selection after every epoch): its stems, the
+    tokens after the first tapped block, depend on no trained weight, so they are computed
+    once and each re-scoring runs only the adapted part of the network."""
+
+    def __init__(self, model: MVFA, dataset, batch_size: int = 32):
+        self.name = getattr(dataset, "name", "")
+        self.has_masks = getattr(dataset, "has_masks", False)
+        parts: dict[str, list] = {"stem": [], "mask": [], "label": [], "path": []}
+        loader = DataLoader(dataset, batch_size=batch_size,
+                            num_workers=loader_workers(model.device))
+        for batch in loader:
+            with autocast(model.device, model.config.amp):
+                parts["stem"].append(model.stem(batch["image"]))
+            for key in ("mask", "label", "path"):
+                parts[key].append(batch[key])
+        self.stems = torch.cat(parts["stem"])                     # (N, T, W) on the device
+        self.masks, self.labels = torch.cat(parts["mask"]), torch.cat(parts["label"])
+        self.paths = [p for chunk in parts["path"] for p in chunk]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self), batch_size):
+            part = slice(start, start + batch_size)
+            yield {"stem": self.stems[part], "mask": self.masks[part],
+                   "label": self.labels[part], "path": self.paths[part]}
+
+    @staticmethod
+    def fits(model: MVFA, dataset, budget_gib: float = 4.0) -> bool:
+        """Whether the stems of ``dataset`` stay under ``budget_gib`` (bf16 on GPU)."""
+        b = model.backbone
+        bytes_per_value = 2 if model.device.type == "cuda" else 4
+        return len(dataset) * (1 + b.grid ** 2) * b.width * bytes_per_value < budget_gib * 2**30
+
+
 @torch.no_grad()
 def build_memory_bank(model: MVFA, normal_images: torch.Tensor, batch_size: int = 32) -> MemoryBank:
     """Adapted features of normal images (M, 3, S, S): the few-shot branch's memory."""
@@ -51,20 +88,25 @@ def build_memory_bank(model: MVFA, normal_images: torch.Tensor, batch_size: int 
 
 @torch.no_grad()
 def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | None = None,
-                  has_masks: bool | None = None, batch_size: int = 32, num_workers: int = 0,
+                  has_masks: bool | None = None, batch_size: int = 32,
+                  num_workers: int | None = None,
                   progress: bool = True, description: str = "scoring") -> Scores:
     """Run both branches over ``dataset`` (items: dict with image, and label/mask if known)."""
     config, size = model.config, model.config.image_size
     has_masks = getattr(dataset, "has_masks", False) if has_masks is None else has_masks
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=model.device.type == "cuda")
+    if isinstance(dataset, StemSet):
+        batches = dataset.batches(batch_size)
+    else:
+        workers = loader_workers(model.device) if num_workers is None else num_workers
+        batches = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                             pin_memory=model.device.type == "cuda")
     gathered: dict[str, list] = {key: [] for key in
                                  ("zero_map", "zero_det", "few_map", "few_det", "mask", "label")}
     paths = []
-    for batch in tqdm(loader, desc=description, disable=not progress, unit="batch"):
-        images = batch["image"].to(model.device, non_blocking=True)
+    for batch in tqdm(batches, desc=description, disable=not progress, unit="batch"):
         with autocast(model.device, config.amp):
-            features = model(images)
+            features = model(stem=batch["stem"]) if "stem" in batch else \
+                model(batch["image"].to(model.device, non_blocking=True))
         zero_map, zero_det = zero_shot(features, text, config.temperature, size)
         gathered["zero_map"].append(zero_map.float().cpu())
         gathered["zero_det"].append(zero_det.float().cpu())
@@ -72,7 +114,7 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
             few_map, few_det = few_shot(features, bank, size, config.memory_chunk)
             gathered["few_map"].append(few_map.float().cpu())
             gathered["few_det"].append(few_det.float().cpu())
-        gathered["label"].append(batch.get("label", torch.full((len(images),), -1)))
+        gathered["label"].append(batch.get("label", torch.full((len(batch["path"]),), -1)))
         if has_masks:
             gathered["mask"].append(batch["mask"])
         paths += list(batch["path"])

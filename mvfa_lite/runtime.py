@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -37,3 +38,8 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def loader_workers(device: torch.device) -> int:
+    """DataLoader workers: decode images in parallel when a GPU waits for them."""
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .config import MVFAConfig
 from .data import AUGMENTATIONS_PER_SHOT, augment_shots
-from .evaluate import build_memory_bank, compute_metrics, score_dataset
+from .evaluate import StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
 from .model import MVFA
 from .prompts import object_name
@@ -151,6 +151,11 @@ def _batches(sources, stems, batch_size, generator, num_workers):
         yield k, batch
 
 
+def _cached(model: MVFA, selection_set):
+    """The selection set with its stems precomputed, when they fit in memory."""
+    return StemSet(model, selection_set) if StemSet.fits(model, selection_set) else selection_set
+
+
 # --- the two protocols ---------------------------------------------------------------
 def shot_set(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
              augment: bool) -> ShotSet:
@@ -180,6 +185,8 @@ def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool =
     text = model.text_features(object_name(support.name))
     select = None
     if selection_set is not None:
+        selection_set = _cached(model, selection_set)
+
         def select():
             bank = build_memory_bank(model, normal_bank_images(shots))
             scores = score_dataset(model, selection_set, text, bank, progress=False)
@@ -204,6 +211,7 @@ def train_zero_shot(model: MVFA, sources: list, *, target_name: str | None = Non
     select = None
     if selection_set is not None:
         text = model.text_features(object_name(target_name or selection_set.name))
+        selection_set = _cached(model, selection_set)
 
         def select():
             scores = score_dataset(model, selection_set, text, progress=False)

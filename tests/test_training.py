@@ -136,3 +136,17 @@ def test_k_larger_than_the_data_is_explained(shared_data, tiny_config, capsys):
     assert main(["train", str(shared_data / "busi"), "--support-split", "embedded",
                  "--test-split", "embedded", "--preset", "fast-cpu", "--shots", "30"]) == 2
     assert "k=30" in capsys.readouterr().err
+
+
+def test_cached_stems_score_like_images(shared_data, tiny_model):
+    from mvfa_lite.evaluate import StemSet
+    data = ADDataset(shared_data / "busi", "embedded").subset(range(18, 24))
+    text = tiny_model.text_features("breast ultrasound")
+    direct = score_dataset(tiny_model, data, text, progress=False, batch_size=4)
+    cached = StemSet(tiny_model, data, batch_size=4)
+    assert len(cached) == 6 and cached.has_masks
+    again = score_dataset(tiny_model, cached, text, progress=False, batch_size=4)
+    assert again.paths == direct.paths
+    torch.testing.assert_close(again.image_scores, direct.image_scores)
+    torch.testing.assert_close(again.maps, direct.maps)
+    torch.testing.assert_close(again.masks, direct.masks)
