@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .errors import DataError
+from .runtime import show_progress
 
 __all__ = [
     "ABNORMAL",
@@ -459,7 +460,7 @@ class ADDataset(Dataset):
             range(len(self)),
             desc=f"Loading {self.name}/{self.split}",
             unit="img",
-            disable=not progress,
+            disable=not show_progress(progress),
         ):
             sample = self[i]
             images.append(sample["image"])

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import metrics
 from .branches import MemoryBank, few_shot, fuse, min_max, zero_shot
 from .errors import MetricError
 from .model import MVFA
-from .runtime import autocast, loader_workers
+from .runtime import autocast, loader_workers, show_progress
 
 IMAGE_SCORE_RULES = ("paper", "det", "seg_max")
 
@@ -103,7 +103,8 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
     gathered: dict[str, list] = {key: [] for key in
                                  ("zero_map", "zero_det", "few_map", "few_det", "mask", "label")}
     paths = []
-    for batch in tqdm(batches, desc=description, disable=not progress, unit="batch"):
+    for batch in tqdm(batches, desc=description, unit="batch",
+                      disable=not show_progress(progress)):
         with autocast(model.device, config.amp):
             features = model(stem=batch["stem"]) if "stem" in batch else \
                 model(batch["image"].to(model.device, non_blocking=True))

@@ -37,7 +37,9 @@ class MVFA(nn.Module):
         self.config = config
         self.levels = tuple(levels)
         self.backbone = backbone
-        self.banks = AdapterBanks(backbone.width, backbone.embed_dim, len(levels), config.mix)
+        with torch.random.fork_rng():        # the same initial adapters for the same seed,
+            torch.manual_seed(config.seed)   # without touching the caller's random stream
+            self.banks = AdapterBanks(backbone.width, backbone.embed_dim, len(levels), config.mix)
         self._text_cache: dict[tuple, torch.Tensor] = {}
 
     @classmethod

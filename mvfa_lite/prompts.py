@@ -39,7 +39,7 @@ PROMPT_SETS = {
     "paper": (NORMAL_STATES, ABNORMAL_STATES, TEMPLATES),            # 245 + 175 sentences
     "medical": (MEDICAL_NORMAL_STATES, MEDICAL_ABNORMAL_STATES, TEMPLATES),
     "states-only": (NORMAL_STATES, ABNORMAL_STATES, ("{}",)),        # no template ensemble
-    "single": (("normal {}",), ("abnormal {}",), ("a photo of a {}.",)),  # one sentence each
+    "single": (("normal {}",), ("abnormal {}",), ("a photo of the {}.",)),  # one sentence each
 }
 
 # The object word per dataset: the six BMAD sets (as in the official code) and the

@@ -43,3 +43,8 @@ def seed_everything(seed: int) -> torch.Generator:
 def loader_workers(device: torch.device) -> int:
     """DataLoader workers: decode images in parallel when a GPU waits for them."""
     return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def show_progress(progress: bool) -> bool:
+    """Progress bars unless the caller or the environment (TQDM_DISABLE=1) turns them off."""
+    return progress and not os.environ.get("TQDM_DISABLE")

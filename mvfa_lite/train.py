@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .config import MVFAConfig
 from .data import AUGMENTATIONS_PER_SHOT, augment_shots
@@ -25,7 +25,7 @@ from .evaluate import StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
 from .model import MVFA
 from .prompts import object_name
-from .runtime import autocast, seed_everything
+from .runtime import autocast, seed_everything, show_progress
 
 
 class ShotSet(Dataset):
@@ -78,8 +78,11 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
              else None for s in sources]
     result, best_state = TrainResult(), None
     n_batches = sum(math.ceil(len(s.data) / batch_size) for s in sources)
-    select_every = max(1, n_batches // max(1, selections_per_epoch))
-    bar = tqdm(total=epochs * n_batches, desc="training", disable=not progress, unit="batch")
+    # the batches after which the selection set is scored: evenly spread over the epoch
+    select_after = {round(n_batches * (i + 1) / selections_per_epoch) - 1
+                    for i in range(selections_per_epoch)}
+    bar = tqdm(total=epochs * n_batches, desc="training", unit="batch",
+               disable=not show_progress(progress))
     model.banks.train()
     for epoch in range(epochs):
         totals, seen = {}, 0
@@ -103,7 +106,7 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
                 totals[name] = totals.get(name, 0) + value * len(labels)
             seen += len(labels)
             bar.update()
-            if select is not None and (step + 1) % select_every == 0:
+            if select is not None and step in select_after:
                 score = select()
                 model.banks.train()
                 if result.best_score is None or score >= result.best_score:

@@ -133,3 +133,12 @@ def test_multi_level_loss_parts():
     assert parts["focal"] == 0 and parts["dice"] == 0
     no_masks.backward()
     assert all(f.grad is None for f in feats.seg)                         # seg maps unused
+
+
+def test_low_precision_features_give_close_distances():
+    torch.manual_seed(2)
+    query, bank = torch.randn(2, 50, 32), torch.randn(300, 32)
+    exact = nearest_cosine_distance(query, bank)
+    approximate = nearest_cosine_distance(query.bfloat16(), bank)
+    assert approximate.dtype == torch.float32
+    assert (exact - approximate).abs().max() < 2e-2
