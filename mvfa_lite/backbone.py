@@ -15,6 +15,8 @@ pipeline in seconds on a CPU.
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import open_clip
@@ -142,7 +144,8 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
         if not path.is_file():
             raise WeightsError(f"CLIP checkpoint {path} does not exist (from the checkpoint "
                                f"argument or ${CHECKPOINT_ENV}); fix the path or unset it.")
-        clip, source = _create_or_explain(create, str(path), model_name, pretrained), str(path)
+        weights = _state_dict_file(path)
+        clip, source = _create_or_explain(create, str(weights), model_name, pretrained), str(path)
     elif pretrained == "random":
         clip, source = create(None), "random"
     else:
@@ -152,6 +155,26 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                     weights_random=source == "random", image_size=image_size,
                     quick_gelu=quick_gelu)
     return Backbone(clip, open_clip.get_tokenizer(model_name), identity)
+
+
+def _state_dict_file(path: Path) -> Path:
+    """OpenAI's own files (e.g. ViT-L-14-336px.pt) are TorchScript archives, which recent
+    torch refuses to load as weights; their state dict is extracted once, next to the cache."""
+    if not zipfile.is_zipfile(path) or not any(
+            name.endswith("constants.pkl") for name in zipfile.ZipFile(path).namelist()):
+        return path                                    # a plain state dict
+    cache = Path(os.environ.get("MVFA_CACHE", Path.home() / ".cache" / "mvfa-lite"))
+    target = cache / f"{path.stem}-{path.stat().st_size}.state_dict.pt"
+    if not target.exists():
+        with warnings.catch_warnings():            # "torch.jit.load is deprecated"
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state.pop(key, None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target.with_suffix(".tmp"))
+        target.with_suffix(".tmp").replace(target)
+    return target
 
 
 def _pretrained_cfg(model_name: str, tag: str) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import PRESETS, MVFAConfig
 from .errors import MVFAError
+from .prompts import PROMPT_SETS
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +30,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--levels", type=int, nargs="+", help="blocks after which adapters sit")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                       help="run fp32 on GPU instead of bf16 autocast")
+                       help="run fp32 instead of bf16 autocast (used on GPUs and on CPUs with native bf16)")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
-    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--shots", int),
-                       ("--seed", int), ("--lr", float), ("--beta", float)):
-        group.add_argument(flag, type=kind)
+    for flag, kind, text in (
+            ("--epochs", int, "default 50"), ("--batch-size", int, "default 16"),
+            ("--shots", int, "few-shot: k normal (+ k abnormal) images; default 4"),
+            ("--seed", int, "default 111"), ("--lr", float, "few-shot learning rate (1e-3)"),
+            ("--zero-shot-lr", float, "zero-shot learning rate (1e-4)"),
+            ("--beta", float, "fusion weight of the zero-shot branch (0.5)")):
+        group.add_argument(flag, type=kind, help=text)
+    group.add_argument("--mix", type=float, nargs=3, metavar=("STREAM", "SEG", "DET"),
+                       help="residual mix (0.8 0.1 0.1); 1 0 0 = independent projectors")
+    group.add_argument("--prompts", choices=sorted(PROMPT_SETS),
+                       help="prompt set (default: paper)")
     group.add_argument("--normal-only", action="store_true", default=None,
                        help="few-shot: train on the k normal shots only")
     group.add_argument("--no-augment", dest="augment", action="store_false", default=None,
@@ -45,7 +54,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _config(args) -> MVFAConfig:
     fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "amp",
-              "epochs", "batch_size", "shots", "seed", "lr", "beta", "normal_only", "augment")
+              "epochs", "batch_size", "shots", "seed", "lr", "zero_shot_lr", "beta", "mix",
+              "prompts", "normal_only", "augment")
     changes = {name: getattr(args, name) for name in fields
                if getattr(args, name, None) is not None}
     return MVFAConfig(**{**PRESETS[args.preset], **changes})

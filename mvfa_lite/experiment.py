@@ -77,8 +77,11 @@ def few_shot_data(config: MVFAConfig, root, support_split: str = "valid",
 
 def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
                  test_split: str = "test", seed_file=None, iterate: int = 0, out=None,
-                 clip_checkpoint=None, progress: bool = True, save_maps: bool = False) -> Run:
-    """Few-shot protocol on one dataset: train on the shots, evaluate on the test split."""
+                 clip_checkpoint=None, progress: bool = True, save_maps: bool = False,
+                 save_adapters: bool = True) -> Run:
+    """Few-shot protocol on one dataset: train on the shots, evaluate on the test split.
+
+    With ``out``: writes metrics.json, scores.csv (+ maps.npz) and adapters.pth there."""
     seed_everything(config.seed)
     support, test, selection = few_shot_data(config, root, support_split, test_split,
                                              seed_file, iterate)
@@ -91,7 +94,8 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
     bank = build_memory_bank(model, normal_bank_images(shots))
     scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
                            progress=progress, description=f"testing {test.name}")
-    run = _finish(model, scores, result, out, save_maps, setting="few-shot", dataset=test.name,
+    run = _finish(model, scores, result, out, save_maps, save_adapters, setting="few-shot",
+                  dataset=test.name,
                   normal_shots=[item.image_path.resolve().as_posix() for item in support.items
                                 if item.label == 0],
                   selection=_describe(selection, test), train_seconds=train_seconds)
@@ -100,7 +104,8 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
 
 def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
                   source_split: str = "test", test_split: str = "test", out=None,
-                  clip_checkpoint=None, progress: bool = True, save_maps: bool = False) -> Run:
+                  clip_checkpoint=None, progress: bool = True, save_maps: bool = False,
+                  save_adapters: bool = True) -> Run:
     """Leave-one-dataset-out: train on the source datasets, test on the unseen target."""
     seed_everything(config.seed)
     test = ADDataset(target_root, test_split, config.image_size)
@@ -118,7 +123,7 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
     train_seconds = time.perf_counter() - started
     scores = score_dataset(model, test, model.text_features(object_name(test.name)),
                            progress=progress, description=f"testing {test.name}")
-    return _finish(model, scores, result, out, save_maps, setting="zero-shot",
+    return _finish(model, scores, result, out, save_maps, save_adapters, setting="zero-shot",
                    dataset=test.name, sources=[s.name for s in sources],
                    selection=_describe(selection, test), train_seconds=train_seconds)
 
@@ -130,7 +135,7 @@ def _describe(selection, test) -> str:
 
 
 def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bool,
-            **facts) -> Run:
+            save_adapters: bool, **facts) -> Run:
     metrics = compute_metrics(scores)
     summary = dict(facts, metrics=metrics, protocol=model.config.protocol,
                    weights=weights_banner(model), backbone=model.identity,
@@ -139,8 +144,9 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bo
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(model, out / "adapters.pth", dataset=facts["dataset"],
-                        normal_shots=facts.get("normal_shots", []))
+        if save_adapters:
+            save_checkpoint(model, out / "adapters.pth", dataset=facts["dataset"],
+                            normal_shots=facts.get("normal_shots", []))
         save_scores(scores, out, maps=save_maps)
         write_json(out / "metrics.json", summary)
     return Run(model, metrics, scores, result, summary)

@@ -7,7 +7,8 @@ A grid file (YAML)::
     parameters: {epochs: 2}               # the same for every run
     grid: {shots: [1, 2, 4], seed: [0, 1, 2]}   # the cartesian product is swept
 
-Each run gets ``out_dir`` = its folder; the notebook must end by writing ``result.json``
+Each run gets ``out_dir`` = its folder (absolute; the notebook runs in its own folder, and
+string parameters naming existing paths are made absolute too); the notebook must end by writing ``result.json``
 there (:func:`mvfa_lite.results.save_result`). A run counts as finished only when that file
 exists, so a sweep killed at any moment resumes where it stopped: finished runs are skipped,
 the interrupted one starts again. The executed notebook is written to ``.partial.ipynb``
@@ -90,7 +91,8 @@ def run_sweep(grid_path: str | Path, *, dry_run: bool = False, kernel: str | Non
         partial = folder / ".partial.ipynb"
         try:
             papermill.execute_notebook(str(grid.notebook), str(partial),
-                                       parameters={**parameters, "out_dir": str(folder)},
+                                       parameters={**_absolute(parameters),
+                                                   "out_dir": str(folder.resolve())},
                                        kernel_name=kernel, progress_bar=progress,
                                        cwd=str(grid.notebook.parent))
             if not (folder / RESULT_FILE).exists():
@@ -107,6 +109,13 @@ def run_sweep(grid_path: str | Path, *, dry_run: bool = False, kernel: str | Non
     print(f"sweep {grid.output}: {len(outcome['done'])} run, {len(outcome['skipped'])} "
           f"already finished, {len(outcome['failed'])} failed")
     return outcome
+
+
+def _absolute(parameters: dict) -> dict:
+    """The notebook runs in its own folder: parameters naming an existing file or folder
+    (relative to where the sweep was started) are passed as absolute paths."""
+    return {key: str(Path(value).resolve()) if isinstance(value, str) and value
+            and Path(value).exists() else value for key, value in parameters.items()}
 
 
 def _resolve(base: Path, value: str) -> Path:

@@ -173,3 +173,15 @@ def test_sdpa_blocks_match_open_clip_blocks(tiny_model):
             expected = block(expected)
         torch.testing.assert_close(tiny_model.backbone.run_blocks(x, 0, 4), expected,
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_openai_torchscript_checkpoint_is_converted(tmp_path, monkeypatch):
+    """OpenAI ships TorchScript archives; they load through an extracted state dict."""
+    import open_clip
+    from torchscript_clip import save_torchscript
+    monkeypatch.setenv("MVFA_CACHE", str(tmp_path / "cache"))
+    native = open_clip.create_model("ViT-S-16", pretrained=None)
+    save_torchscript(native, tmp_path / "openai-style.pt")
+    backbone = load_backbone("ViT-S-16", "openai-file", 224, checkpoint=tmp_path / "openai-style.pt")
+    torch.testing.assert_close(backbone.clip.visual.conv1.weight, native.visual.conv1.weight)
+    assert len(list((tmp_path / "cache").glob("*.state_dict.pt"))) == 1

@@ -70,12 +70,13 @@ def test_grid_errors_are_explained(tmp_path):
 
 
 def test_result_files_are_atomic_and_collected(tmp_path):
-    save_result(tmp_path / "a", {"metrics": {"auroc": 0.5}, "history": [1, 2], "name": "a"})
+    save_result(tmp_path / "a", {"metrics": {"auroc": 0.5}, "history": [{"epoch": 1}],
+                                 "parameters": {"levels": [6, 12]}, "name": "a"})
     write_json(tmp_path / "b" / "result.json", {"metrics": {"auroc": 0.7}})
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "result.json").write_text("{broken")
     rows = collect_results(tmp_path)
     assert [(r["run"], r["metrics.auroc"]) for r in rows] == [("a", 0.5), ("b", 0.7)]
-    assert "history" not in rows[0]
+    assert "history" not in rows[0] and rows[0]["parameters.levels"] == (6, 12)
     assert not list(tmp_path.rglob("*.tmp"))
     assert json.loads((tmp_path / "a" / "result.json").read_text())["name"] == "a"
