@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${MVFA_VENV:-.venv}"
-export PATH="$PWD/$VENV/bin:$PATH" TQDM_DISABLE=1 MPLBACKEND=Agg PYDEVD_DISABLE_FILE_VALIDATION=1
+export PATH="$PWD/$VENV/bin:$PATH" TQDM_DISABLE=1 PYDEVD_DISABLE_FILE_VALIDATION=1
 if [ "${MVFA_BOOK_PROFILE:-cpu}" = "gpu" ]; then
   exec python scripts/build_gpu_book.py
 fi
