@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from .config import MVFAConfig
 from .errors import CheckpointError
 from .model import MVFA
 
@@ -45,10 +44,6 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not an mvfa-lite checkpoint (format {FORMAT}); "
                               "official MVFA .pth files are not supported.")
     return payload
-
-
-def config_from_checkpoint(path: str | Path) -> MVFAConfig:
-    return MVFAConfig.from_dict(read_checkpoint(path)["config"])
 
 
 def load_adapters(model: MVFA, path: str | Path) -> dict:

@@ -150,12 +150,6 @@ def compute_metrics(scores: Scores) -> dict[str, float]:
                              masks, scores.maps.numpy() if masks is not None else None)
 
 
-def evaluate(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | None = None,
-             **kwargs) -> tuple[dict[str, float], Scores]:
-    scores = score_dataset(model, dataset, text, bank, **kwargs)
-    return compute_metrics(scores), scores
-
-
 def save_scores(scores: Scores, folder: str | Path, maps: bool = False) -> Path:
     """Write scores.csv (path, label, score, raw branch scores) and, optionally, maps.npz."""
     folder = Path(folder)

@@ -20,20 +20,6 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45,
     return Image.fromarray((blend * 255).round().astype(np.uint8))
 
 
-def side_by_side(image: torch.Tensor, heat: torch.Tensor, mask: torch.Tensor | None = None,
-                 alpha: float = 0.45) -> Image.Image:
-    """[image | overlay | mask outline] panels in one picture, for reports and notebooks."""
-    panels = [Image.fromarray((image.permute(1, 2, 0).clamp(0, 1).numpy() * 255)
-                              .astype(np.uint8)), overlay(image, heat, alpha)]
-    if mask is not None:
-        panels.append(Image.fromarray((mask.numpy() > 0.5).astype(np.uint8) * 255).convert("RGB"))
-    width, height = panels[0].size
-    canvas = Image.new("RGB", (width * len(panels), height))
-    for i, panel in enumerate(panels):
-        canvas.paste(panel, (i * width, 0))
-    return canvas
-
-
 def overlay_grid(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None,
                  titles: list[str] | None = None, columns: int = 4, alpha: float = 0.45):
     """A matplotlib figure of heat-map overlays (N images), with mask outlines if given."""
@@ -49,21 +35,6 @@ def overlay_grid(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor |
             ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.2)
         if titles is not None:
             ax.set_title(titles[i], fontsize=9)
-    figure.tight_layout()
-    return figure
-
-
-def roc_figure(curves: dict, title: str = "ROC"):
-    """ROC curves: ``curves`` maps a name to (labels, scores)."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-    figure, ax = plt.subplots(figsize=(4.2, 4))
-    for name, (labels, scores) in curves.items():
-        fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {roc_auc_score(labels, scores):.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     return figure
 
