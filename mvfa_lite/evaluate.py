@@ -89,9 +89,13 @@ def build_memory_bank(model: MVFA, normal_images: torch.Tensor, batch_size: int 
 @torch.no_grad()
 def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | None = None,
                   has_masks: bool | None = None, batch_size: int = 32,
-                  num_workers: int | None = None,
+                  num_workers: int | None = None, keep_raw_maps: bool = False,
                   progress: bool = True, description: str = "scoring") -> Scores:
-    """Run both branches over ``dataset`` (items: dict with image, and label/mask if known)."""
+    """Run both branches over ``dataset`` (items: dict with image, and label/mask if known).
+
+    ``Scores.branches`` holds each branch's raw image scores; with ``keep_raw_maps`` also its
+    raw maps (zero_map, few_map), e.g. to re-fuse with another beta without scoring again.
+    """
     config, size = model.config, model.config.image_size
     has_masks = getattr(dataset, "has_masks", False) if has_masks is None else has_masks
     if isinstance(dataset, StemSet):
@@ -121,7 +125,8 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
         paths += list(batch["path"])
     raw = {key: torch.cat(values) for key, values in gathered.items() if values}
     image_scores, maps = _combine(raw, bank is not None, has_masks, config.image_score, config.beta)
-    branches = {key: raw[key] for key in ("zero_det", "few_det") if key in raw}
+    kept = ("zero_det", "few_det") + (("zero_map", "few_map") if keep_raw_maps else ())
+    branches = {key: raw[key] for key in kept if key in raw}
     return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches)
 
 
@@ -157,10 +162,11 @@ def save_scores(scores: Scores, folder: str | Path, maps: bool = False) -> Path:
     target = folder / "scores.csv"
     with open(target, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "score", *scores.branches])
+        per_image = {k: v for k, v in scores.branches.items() if v.dim() == 1}
+        writer.writerow(["path", "label", "score", *per_image])
         for i, path in enumerate(scores.paths):
             writer.writerow([path, int(scores.labels[i]), f"{float(scores.image_scores[i]):.6g}",
-                             *(f"{float(v[i]):.6g}" for v in scores.branches.values())])
+                             *(f"{float(v[i]):.6g}" for v in per_image.values())])
     if maps:
         np.savez_compressed(folder / "maps.npz", maps=scores.maps.half().numpy(),
                             paths=np.array(scores.paths))

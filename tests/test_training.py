@@ -150,3 +150,17 @@ def test_cached_stems_score_like_images(shared_data, tiny_model):
     torch.testing.assert_close(again.image_scores, direct.image_scores)
     torch.testing.assert_close(again.maps, direct.maps)
     torch.testing.assert_close(again.masks, direct.masks)
+
+
+def test_raw_branch_maps_refuse_to_the_fused_result(shared_data, tiny_model):
+    from mvfa_lite.branches import fuse
+    from mvfa_lite.evaluate import build_memory_bank
+    data = ADDataset(shared_data / "busi", "embedded").subset(range(16, 24))
+    text = tiny_model.text_features("breast ultrasound")
+    bank = build_memory_bank(tiny_model, torch.rand(2, 3, 240, 240))
+    scores = score_dataset(tiny_model, data, text, bank, keep_raw_maps=True, progress=False)
+    raw = scores.branches
+    assert raw["zero_map"].shape == raw["few_map"].shape == (8, 240, 240)
+    torch.testing.assert_close(fuse(raw["zero_map"], raw["few_map"], 0.5), scores.maps)
+    plain = score_dataset(tiny_model, data, text, bank, progress=False)
+    assert set(plain.branches) == {"zero_det", "few_det"}
