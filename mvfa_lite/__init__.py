@@ -1,7 +1,8 @@
 """mvfa-lite: MVFA (Huang et al., CVPR 2024) on open_clip, batched and device-agnostic.
 
 Reading order, top to bottom: config -> backbone -> adapters -> prompts -> model ->
-branches -> losses -> data -> train -> evaluate -> metrics -> experiment -> cli.
+branches -> losses -> images -> data -> shots -> train -> evaluate -> metrics ->
+experiment -> cli.
 """
 from .config import MVFAConfig, preset
 from .errors import CheckpointError, DataError, MetricError, MVFAError, WeightsError

@@ -18,13 +18,15 @@ import torch
 
 from .checkpoint import load_adapters, read_checkpoint, save_checkpoint
 from .config import MVFAConfig
-from .data import ADDataset, image_to_tensor, load_image, select_shots, split_off_shots
+from .data import ADDataset
 from .errors import DataError
 from .evaluate import Scores, build_memory_bank, compute_metrics, save_scores, score_dataset
+from .images import image_to_tensor, load_image
 from .model import MVFA
 from .prompts import object_name
 from .results import write_json
 from .runtime import resolve_device, seed_everything
+from .shots import select_shots, split_off_shots
 from .train import TrainResult, normal_bank_images, shot_set, train_few_shot, train_zero_shot
 
 

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .config import MVFAConfig
-from .data import AUGMENTATIONS_PER_SHOT, augment_shots
 from .evaluate import StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
 from .model import MVFA
 from .prompts import object_name
 from .runtime import autocast, seed_everything, show_progress
+from .shots import AUGMENTATIONS_PER_SHOT, augment_shots
 
 
 class ShotSet(Dataset):

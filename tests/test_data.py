@@ -1,4 +1,4 @@
-"""Tests of mvfa_lite.data: loading, bad inputs, few-shot selection and augmentation."""
+"""Tests of mvfa_lite.data, .images and .shots: loading, bad inputs, few-shot selection and augmentation."""
 
 from __future__ import annotations
 
@@ -10,22 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mvfa_lite.data import (
-    AUGMENTATIONS_PER_SHOT,
-    BMAD_KEYS,
-    ADDataset,
-    ImageFolder,
-    Item,
-    augment_shots,
-    bmad_root,
-    image_to_tensor,
-    load_image,
-    load_mask,
-    mask_to_tensor,
-    read_seed_file,
-    select_shots,
-    split_off_shots,
-)
+from mvfa_lite.data import BMAD_KEYS, ADDataset, ImageFolder, Item, bmad_root
+from mvfa_lite.images import image_to_tensor, load_image, load_mask, mask_to_tensor
+from mvfa_lite.shots import (AUGMENTATIONS_PER_SHOT, augment_shots, read_seed_file, select_shots,
+                             split_off_shots)
 from mvfa_lite.errors import DataError
 
 S = 32  # small image size keeps the tests fast
