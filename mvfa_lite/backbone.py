@@ -118,6 +118,14 @@ def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def patch_size(model_name: str) -> int | None:
+    """The patch side of a ViT by name, without building it; None for unknown names."""
+    if model_name == TINY_MODEL:
+        return TINY_CONFIG["vision_cfg"]["patch_size"]
+    vision = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {})
+    return vision.get("patch_size")
+
+
 def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                   image_size: int = 240, quick_gelu: bool | None = False,
                   checkpoint: str | os.PathLike | None = None) -> Backbone:

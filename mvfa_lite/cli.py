@@ -1,7 +1,9 @@
 """The ``mvfa-lite`` command: train, evaluate, predict, sweep, bench.
 
-Errors of the user's making (bad folders, images, checkpoints, weights) are printed as one
-message that says what to fix, without a traceback; exit status 2.
+Errors of the user's making (bad settings, folders, images, checkpoints, weights, output
+folders) are printed as one message that says what to fix, without a traceback; exit status
+2. Everything is checked before any training (see mvfa_lite.experiment). Warnings about
+doubtful data (empty masks, NaN pixels) are printed as one line each.
 """
 from __future__ import annotations
 
@@ -9,11 +11,25 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .config import PRESETS, MVFAConfig
-from .errors import MVFAError
+from .errors import DataWarning, MVFAError
 from .prompts import PROMPT_SETS
+
+
+def _at_least(low: int):
+    """argparse type: a whole number >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; it must be >= {low}")
+        return value
+    return parse
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="few-shot: split the shots come from (default valid)")
     train.add_argument("--test-split", default="test")
     train.add_argument("--seed-file", help="few-shot: official k-shot.txt file listing the shots")
-    train.add_argument("--iterate", type=int, default=0, help="draw index in the seed file")
+    train.add_argument("--iterate", type=_at_least(0), default=0,
+                       help="draw index in the seed file")
     train.add_argument("--sources", nargs="+", default=[],
                        help="zero-shot: the other datasets' folders to train on")
     train.add_argument("--source-split", default="test",
@@ -123,13 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", dest="model_name", default="ViT-L-14-336")
     bench.add_argument("--image-size", type=int, default=240)
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--batch-size", type=int, default=64, help="forward / scoring batch")
-    bench.add_argument("--train-batch", type=int, default=32)
+    bench.add_argument("--batch-size", type=_at_least(1), default=64,
+                       help="forward / scoring batch")
+    bench.add_argument("--train-batch", type=_at_least(1), default=32)
     bench.add_argument("--shots", type=int, default=4)
     bench.add_argument("--epochs", type=int, default=50)
-    bench.add_argument("--test-images", type=int, default=3715, help="BrainMRI test split size")
-    bench.add_argument("--zero-shot-images", type=int, default=20000)
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--test-images", type=_at_least(1), default=3715,
+                       help="BrainMRI test split size")
+    bench.add_argument("--zero-shot-images", type=_at_least(1), default=20000)
+    bench.add_argument("--repeats", type=_at_least(1), default=3)
     bench.add_argument("--quick", action="store_true",
                        help="CPU-sized: 1 epoch, 32 test images, 64 zero-shot images, batch 16 "
                        "(the embedded BUSI recipe)")
@@ -144,10 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def one_line(message, category, *where, **how):
+        print(f"mvfa-lite {args.command}: warning: {message}", file=sys.stderr)
+
     try:
         commands = {"train": _train, "evaluate": _evaluate, "predict": _predict,
                     "sweep": _sweep, "bench": _bench}
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = one_line
+            return commands[args.command](args)
     except (MVFAError, ValueError) as error:
         print(f"mvfa-lite {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -174,21 +200,26 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from .data import ADDataset
     from .evaluate import compute_metrics, save_scores, score_dataset
-    from .experiment import load_trained, weights_banner
+    from .experiment import load_trained, smallest_side, weights_banner
+    from .outputs import EVALUATE_FILES, OutputFolder
     from .results import write_json
     from .prompts import object_name
+    output = OutputFolder(args.out, "evaluate", EVALUATE_FILES, inputs=[args.root]) \
+        if args.out else None
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
                                         with_bank=not args.zero_shot_only)
     print(weights_banner(model))
-    test = ADDataset(args.root, args.split, model.config.image_size)
+    test = ADDataset(args.root, args.split, model.config.image_size).require_both_classes()
+    test.check(smallest_side(model.config))
     text = model.text_features(object_name(test.name))
     scores = score_dataset(model, test, text, bank, description=f"testing {test.name}")
     metrics = compute_metrics(scores)
-    if args.out:
-        save_scores(scores, args.out, maps=args.save_maps)
-        write_json(Path(args.out) / "metrics.json",
-                    dict(metrics=metrics, weights=weights_banner(model), dataset=test.name,
-                         checkpoint=str(args.checkpoint)))
+    if output is not None:
+        with output.writing() as folder:
+            save_scores(scores, folder, maps=args.save_maps)
+            write_json(folder / "metrics.json",
+                       dict(metrics=metrics, weights=weights_banner(model), dataset=test.name,
+                            checkpoint=str(args.checkpoint)))
     _report(weights_banner(model), metrics, args.out)
     return 0
 
@@ -196,24 +227,25 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     from .data import ImageFolder
     from .evaluate import score_dataset
-    from .experiment import load_trained, weights_banner
+    from .experiment import load_trained, smallest_side, weights_banner
+    from .outputs import PREDICT_FILES, OutputFolder
     from .prompts import object_name
     from .viz import overlay
+    output = OutputFolder(args.out, "predict", PREDICT_FILES, inputs=[args.images])
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device)
     print(weights_banner(model))
-    images = ImageFolder(args.images, model.config.image_size)
+    images = ImageFolder(args.images, model.config.image_size, exclude=[output.path])
+    images.check(smallest_side(model.config))
     text = model.text_features(args.object or object_name(payload.get("dataset", "")))
     scores = score_dataset(model, images, text, bank, has_masks=False, description="predicting")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "scores.csv", "w", newline="") as handle:
+    with output.writing() as folder, open(folder / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "score", "overlay"])
         for i, path in enumerate(scores.paths):
-            picture = out / f"{i:05d}_{Path(path).stem}.png"
+            picture = folder / f"{i:05d}_{Path(path).stem}.png"
             overlay(images[i]["image"], scores.maps[i]).save(picture)
             writer.writerow([path, f"{float(scores.image_scores[i]):.6g}", picture.name])
-    print(f"{len(scores.paths)} overlays and scores.csv written to {out}")
+    print(f"{len(scores.paths)} overlays and scores.csv written to {output.path}")
     return 0
 
 

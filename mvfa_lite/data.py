@@ -11,29 +11,37 @@ BMAD ships the splits ``valid`` and ``test``; the small embedded sets of this pr
 single split called ``embedded``.
 
 This module provides :class:`ADDataset`, one split of one dataset, :class:`ImageFolder` for
-unlabelled images, and :func:`bmad_root`. Reading the files is :mod:`mvfa_lite.images`; the
-few-shot selection and augmentation is :mod:`mvfa_lite.shots`.
+unlabelled images, and :func:`bmad_root`. Listing a folder reports broken symbolic links
+named like images; :meth:`ADDataset.check` and :meth:`ImageFolder.check` open every file
+once before any training, so that a bad file stops a run at its start, not after hours.
+Reading the files is :mod:`mvfa_lite.images`; the few-shot selection and augmentation is
+:mod:`mvfa_lite.shots`.
 
 Labels are ``0`` for normal and ``1`` for abnormal images. Every problem with the input data
 raises :class:`~mvfa_lite.errors.DataError` with a message that names the file or folder at
-fault and says how to fix it.
+fault and says how to fix it; doubtful data that can still be used (empty masks, partly NaN
+images) is reported by a :class:`~mvfa_lite.errors.DataWarning` naming the files.
 """
 
 from __future__ import annotations
 
 import copy
+import errno
 import os
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .errors import DataError
-from .images import (IMAGE_EXTENSIONS, image_to_tensor, is_image_file, load_image, load_mask,
-                     mask_to_tensor)
+from .errors import DataError, DataWarning
+from .images import (IMAGE_EXTENSIONS, image_to_tensor, inspect_image, is_broken_link,
+                     is_image_file, is_image_name, load_image, load_mask, mask_to_tensor)
 from .runtime import show_progress
 
 __all__ = [
@@ -43,6 +51,7 @@ __all__ = [
     "ImageFolder",
     "Item",
     "NORMAL",
+    "OUTPUT_MARKER",
     "bmad_root",
 ]
 
@@ -53,6 +62,10 @@ ABNORMAL = 1
 
 #: The six BMAD datasets, stored as ``<data_root>/<Key>_AD``.
 BMAD_KEYS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
+
+#: A folder holding a file of this name was written by mvfa-lite (see mvfa_lite.outputs);
+#: :class:`ImageFolder` never reads images from it.
+OUTPUT_MARKER = ".mvfa-lite-output"
 
 LAYOUT = (
     "<root>/<split>/good/img/*              normal images\n"
@@ -71,11 +84,36 @@ class Item:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by file name."""
-    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+    """Image files directly inside ``folder``, sorted by file name.
+
+    Raises:
+        DataError: some entries named like images are symbolic links that do not resolve.
+    """
+    entries = [p for p in folder.iterdir() if is_image_name(p)]
+    _refuse_broken_links(entries)
+    return sorted((p for p in entries if is_image_file(p)), key=lambda p: p.name)
 
 
-def _list_names(paths: Sequence[Path], limit: int = 5) -> str:
+def _refuse_broken_links(paths: Sequence[Path]) -> None:
+    """Raise DataError naming the symbolic links among ``paths`` that lead nowhere."""
+    broken = [p for p in paths if is_broken_link(p)]
+    if broken:
+        raise DataError(
+            f"symbolic link(s) named like images that do not resolve: "
+            f"{_list_names([_describe_link(p) for p in broken])}. Repair the links or delete "
+            "them (mvfa-lite does not skip images silently).")
+
+
+def _describe_link(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} (a loop of links)"
+    return f"{path} -> {os.readlink(path)} (missing)"
+
+
+def _list_names(paths: Sequence[Path | str], limit: int = 5) -> str:
     """``'a.png, b.png'`` for the first ``limit`` paths, with a count of the rest."""
     shown = ", ".join(str(p) for p in paths[:limit])
     return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
@@ -129,6 +167,54 @@ def _pair_masks(images: list[Path], image_dir: Path, mask_dir: Path) -> list[Pat
             f"image with the same file name in {image_dir}. Add the image or delete the mask."
         )
     return paired
+
+
+def _inspect(item: Item, min_side: int) -> tuple[str | None, set[str]]:
+    """Decode one item's image (and mask) -> (problem or None, findings).
+
+    Findings: ``"non_finite"`` (some NaN / inf pixels), ``"empty_mask"``, ``"full_mask"``.
+    """
+    try:
+        size, non_finite = inspect_image(item.image_path)
+        if min(size) < min_side:
+            return (f"image {item.image_path} is {size[0]}x{size[1]} pixels, smaller than one "
+                    f"{min_side}x{min_side} patch of the backbone. Remove it or replace it with "
+                    "the full-size image."), set()
+        findings = {"non_finite"} if non_finite else set()
+        if item.mask_path is not None:
+            foreground = np.asarray(load_mask(item.mask_path, size, item.image_path)) > 0
+            findings |= {"empty_mask"} if not foreground.any() else set()
+            findings |= {"full_mask"} if foreground.all() else set()
+        return None, findings
+    except DataError as error:
+        return str(error), set()
+
+
+def _check_items(items: list[Item], min_side: int, description: str,
+                 progress: bool) -> dict[str, list[Path]]:
+    """Decode every item in parallel; raise one DataError for every unusable file, return
+    the image paths of each finding (see :func:`_inspect`)."""
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:  # PIL decodes without holding the GIL
+        results = list(tqdm(pool.map(lambda item: _inspect(item, min_side), items),
+                            total=len(items), desc=description, unit="img",
+                            disable=not show_progress(progress)))
+    problems = [(item.image_path, problem) for item, (problem, _) in zip(items, results)
+                if problem is not None]
+    if len(problems) == 1:
+        raise DataError(problems[0][1])
+    if problems:
+        raise DataError(f"{len(problems)} images cannot be used; fix or remove them. First: "
+                        f"{problems[0][1]} Also: {_list_names([p for p, _ in problems[1:]])}.")
+    found: dict[str, list[Path]] = {"non_finite": [], "empty_mask": [], "full_mask": []}
+    for item, (_, findings) in zip(items, results):
+        for finding in findings:
+            found[finding].append(item.image_path)
+    if found["non_finite"]:
+        warnings.warn(f"{len(found['non_finite'])} image(s) hold NaN or inf pixels, drawn as "
+                      f"the darkest value: {_list_names(found['non_finite'])}.", DataWarning,
+                      stacklevel=3)
+    return found
 
 
 class ADDataset(Dataset):
@@ -261,6 +347,49 @@ class ADDataset(Dataset):
         part.items = [self.items[i] for i in indices]
         return part
 
+    def check(self, min_side: int = 1, progress: bool = True) -> ADDataset:
+        """Open every image and mask once, before any training; returns ``self``.
+
+        Raises:
+            DataError: naming every image that cannot be decoded, holds no finite pixel or
+                is smaller than ``min_side`` (the backbone's patch), and every mask that
+                cannot be read or differs in size from its image.
+
+        Warns (:class:`~mvfa_lite.errors.DataWarning`), naming the files: images with some
+        NaN / inf pixels; masks that mark no pixel (the pixel metrics count those images'
+        pixels as normal, and are left out when no mask marks any pixel); masks that cover
+        the whole image.
+        """
+        where = self.root / self.split
+        found = _check_items(self.items, min_side, f"checking {self.name}/{self.split}",
+                             progress)
+        empty, full = found["empty_mask"], found["full_mask"]
+        if empty:
+            dropped = (" No mask of this split marks any pixel, so its pixel metrics "
+                       "(pixel_auroc, pixel_ap, aupro) are left out."
+                       if len(empty) == self.num_abnormal else "")
+            warnings.warn(
+                f"{len(empty)} abnormal image(s) of {where} have an empty mask: "
+                f"{_list_names(empty)}. Masks are foreground above half their value range "
+                "(above 127 in 8-bit files), as in the official code, so a mask saved as 0/1 "
+                f"reads as empty: save lesions as 255.{dropped}", DataWarning, stacklevel=2)
+        if full:
+            warnings.warn(
+                f"{len(full)} mask(s) of {where} mark the whole image as lesion: "
+                f"{_list_names(full)}. Check that they are not inverted (lesion white, "
+                "background black).", DataWarning, stacklevel=2)
+        return self
+
+    def require_both_classes(self, role: str = "test") -> ADDataset:
+        """Raise DataError unless the split holds normal and abnormal images; returns ``self``."""
+        if self.num_normal == 0 or self.num_abnormal == 0:
+            raise DataError(
+                f"the {role} split {self.root / self.split} holds {self.num_normal} normal and "
+                f"{self.num_abnormal} abnormal images; image AUROC and the other metrics need "
+                "both classes. Add images of the missing class (good/img or Ungood/img) or "
+                "choose another split.")
+        return self
+
     def load_all(self, progress: bool = True) -> dict:
         """Load every item into memory and stack them.
 
@@ -292,14 +421,18 @@ class ImageFolder(Dataset):
     """Unlabelled images for prediction: every image file below ``root``, sorted by path.
 
     The folder is scanned recursively; hidden files and folders and files with other
-    extensions are skipped. ``root`` may also be a single image file. Items are dicts with
-    ``image`` (3, S, S) in [0, 1] and ``path`` (str).
+    extensions are skipped, and so are the folders in ``exclude`` (the command's own output
+    folder) and every folder written by mvfa-lite (it holds :data:`OUTPUT_MARKER`), so that
+    earlier overlays are never scored as images. ``root`` may also be a single image file.
+    Items are dicts with ``image`` (3, S, S) in [0, 1] and ``path`` (str).
     """
 
-    def __init__(self, root: PathLike, image_size: int = 240) -> None:
+    def __init__(self, root: PathLike, image_size: int = 240,
+                 exclude: Sequence[PathLike] = ()) -> None:
         _check_image_size(image_size)
         self.root = Path(root)
         self.image_size = image_size
+        _refuse_broken_links([self.root] if is_image_name(self.root) else [])
         if self.root.is_file() and is_image_file(self.root):
             self.paths = [self.root]
             return
@@ -308,17 +441,41 @@ class ImageFolder(Dataset):
                 f"image folder {self.root} does not exist. Give a folder of images (or one "
                 "image file)."
             )
-        self.paths = sorted(
-            p
-            for p in self.root.rglob("*")
-            if is_image_file(p)
-            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
-        )
+        self.paths, skipped = self._scan({Path(os.path.realpath(p)) for p in exclude})
+        if skipped:
+            warnings.warn(f"not reading {_list_names(skipped)}: folder(s) written by mvfa-lite, "
+                          "whose overlays are outputs, not images to score.", DataWarning,
+                          stacklevel=2)
         if not self.paths:
             raise DataError(
                 f"image folder {self.root} contains no images (accepted extensions: "
                 f"{' '.join(IMAGE_EXTENSIONS)}). Add images or choose another folder."
             )
+
+    def _scan(self, exclude: set[Path]) -> tuple[list[Path], list[Path]]:
+        """-> (image files, skipped output folders), walking ``root`` without following links
+        to folders."""
+        paths, skipped = [], []
+        for folder, subfolders, files in os.walk(self.root):
+            folder = Path(folder)
+            if Path(os.path.realpath(folder)) in exclude:
+                subfolders.clear()
+                continue
+            if OUTPUT_MARKER in files:
+                skipped.append(folder)
+                subfolders.clear()
+                continue
+            subfolders[:] = [s for s in subfolders if not s.startswith(".")]
+            named = [folder / name for name in files if is_image_name(Path(name))]
+            _refuse_broken_links(named)
+            paths += [p for p in named if is_image_file(p)]
+        return sorted(paths), sorted(skipped)
+
+    def check(self, min_side: int = 1, progress: bool = True) -> ImageFolder:
+        """Open every image once before scoring (see :meth:`ADDataset.check`); returns ``self``."""
+        items = [Item(path, None, -1) for path in self.paths]
+        _check_items(items, min_side, f"checking {self.root}", progress)
+        return self
 
     def __len__(self) -> int:
         return len(self.paths)

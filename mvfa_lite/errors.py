@@ -10,8 +10,17 @@ class MVFAError(Exception):
     """Base class of every user-facing error in mvfa-lite."""
 
 
+class ConfigError(MVFAError, ValueError):
+    """A setting (a field of MVFAConfig, or a command-line option) has an impossible value."""
+
+
 class DataError(MVFAError):
     """A dataset folder, image, mask or few-shot selection cannot be used."""
+
+
+class DataWarning(UserWarning):
+    """Data that can be used but is probably not what was meant (empty masks, NaN pixels).
+    The message names the files; the command-line interface prints it as one line."""
 
 
 class WeightsError(MVFAError):
@@ -20,6 +29,10 @@ class WeightsError(MVFAError):
 
 class CheckpointError(MVFAError):
     """An adapter checkpoint is unreadable or belongs to another backbone."""
+
+
+class OutputError(MVFAError):
+    """An output folder cannot be created or written, or would replace an input."""
 
 
 class MetricError(MVFAError):

@@ -209,17 +209,23 @@ def test_large_non_square_image(tmp_path):
     assert torch.allclose(tensor[:, S // 2, S // 2], torch.tensor([10, 200, 30]) / 255, atol=0.02)
 
 
-def test_mask_binarised():
-    values = np.array([[0, 1], [128, 255]], dtype=np.uint8)
+def test_mask_binarised_at_half_the_8bit_range():
+    values = np.array([[0, 127], [128, 255]], dtype=np.uint8)
     tensor = mask_to_tensor(Image.fromarray(values), 2)
-    assert torch.equal(tensor, torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    assert torch.equal(tensor, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
 
 
-def test_load_mask_any_nonzero_is_foreground(tmp_path):
-    path = tmp_path / "m.png"
-    Image.fromarray(np.array([[0, 3], [0, 0]], dtype=np.uint8)).save(path)
+@pytest.mark.parametrize("values, foreground", [
+    (np.array([[1, 1], [255, 1]], dtype=np.uint8), [[0, 0], [255, 0]]),   # background 1
+    (np.array([[0, 3], [200, 0]], dtype=np.uint8), [[0, 0], [255, 0]]),   # faint noise
+    (np.array([[0, 255], [32768, 65535]], dtype=np.uint16), [[0, 0], [255, 255]]),
+    (np.array([[0.0, 0.4], [0.6, 1.0]], dtype=np.float32), [[0, 0], [255, 255]]),
+])
+def test_load_mask_thresholds_at_half_the_value_range(tmp_path, values, foreground):
+    path = tmp_path / ("m.tif" if values.dtype == np.float32 else "m.png")
+    Image.fromarray(values).save(path)
     mask = load_mask(path, (2, 2))
-    assert mask.mode == "L" and np.asarray(mask).tolist() == [[0, 255], [0, 0]]
+    assert mask.mode == "L" and np.asarray(mask).tolist() == foreground
 
 
 def test_image_folder(tmp_path):
