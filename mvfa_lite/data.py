@@ -96,7 +96,7 @@ def _list_images(folder: Path) -> list[Path]:
 
 def _refuse_broken_links(paths: Sequence[Path]) -> None:
     """Raise DataError naming the symbolic links among ``paths`` that lead nowhere."""
-    broken = [p for p in paths if is_broken_link(p)]
+    broken = sorted(p for p in paths if is_broken_link(p))
     if broken:
         raise DataError(
             f"symbolic link(s) named like images that do not resolve: "
