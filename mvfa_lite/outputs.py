@@ -57,13 +57,15 @@ class OutputFolder:
             neither be one of them nor contain one.
 
     Raises:
-        OutputError: ``path`` is a file, cannot be created or written, is or contains an
-            input folder, the current folder or the home folder.
+        OutputError: ``path`` is a file, cannot be created or written, is a mount point,
+            is or contains an input folder, the current folder or the home folder.
     """
 
     def __init__(self, path: str | os.PathLike, command: str, owns: Iterable[str],
                  inputs: Iterable[str | os.PathLike] = ()) -> None:
         self.path = Path(path).expanduser()
+        if self.path.is_symlink():          # swap the folder it points to, not the link
+            self.path = self.path.resolve()
         self.command = command
         self.owns = tuple(owns)
         self._refuse_overlaps(inputs)
@@ -81,6 +83,10 @@ class OutputFolder:
                             (self.path.parent, "the folder holding it, where its new version is "
                                                "prepared before it is swapped in")):
             _probe_writable(place, role)
+        if self.path.stat().st_dev != self.path.parent.stat().st_dev:
+            raise OutputError(f"--out {self.path} is the top of another file system (a mount "
+                              "point), so it cannot be swapped for its new version. Give a "
+                              f"folder inside it, e.g. {self.path / 'run1'}.")
 
     def _refuse_overlaps(self, inputs: Iterable[str | os.PathLike]) -> None:
         out = Path(os.path.realpath(self.path))

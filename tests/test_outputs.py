@@ -93,6 +93,15 @@ def test_evaluate_into_the_training_folder_keeps_the_adapters(tmp_path):
     assert "maps.npz" not in now
 
 
+def test_out_given_as_a_link_keeps_the_link(tmp_path):
+    target = tmp_path / "disk" / "run-7"
+    old_result(target)
+    (tmp_path / "latest").symlink_to(target)
+    with OutputFolder(tmp_path / "latest", "train", TRAIN_FILES).writing() as staging:
+        (staging / "metrics.json").write_text("new")
+    assert (tmp_path / "latest").is_symlink() and (target / "metrics.json").read_text() == "new"
+
+
 def test_a_crash_while_writing_leaves_the_old_result(tmp_path, monkeypatch):
     out = tmp_path / "run"
     old = old_result(out)
