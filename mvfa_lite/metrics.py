@@ -125,7 +125,8 @@ def _tensor(values) -> torch.Tensor:
 
 def _check_pixel_inputs(masks: ArrayLike, maps: ArrayLike, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate masks and maps (both (N, H, W)); return them as tensors on the maps' device:
-    bool masks, and maps as float32 or float64 (other types are widened to float64, exactly)."""
+    bool masks, and maps as float32 or float64 (other types are widened to float64, exactly).
+    Non-finite scores are caught after sorting (:func:`_check_finite`), where it costs nothing."""
     masks, maps = _tensor(masks), _tensor(maps)
     if masks.ndim != 3 or masks.shape != maps.shape:
         raise MetricError(
@@ -147,13 +148,7 @@ def _check_pixel_inputs(masks: ArrayLike, maps: ArrayLike, metric: str) -> tuple
     if maps.dtype not in (torch.float32, torch.float64):
         maps = maps.double()
     n = masks.numel()
-    n_bad = int((~torch.isfinite(maps)).sum())
-    if n_bad:
-        raise MetricError(
-            f"{metric} is undefined: {n_bad} of {n} anomaly-map pixels are non-finite "
-            f"(NaN or inf). {_DIVERGED_HINT}"
-        )
-    n_pos = int(masks.sum())
+    n_pos = int(torch.count_nonzero(masks))
     if n_pos == 0:
         raise MetricError(
             f"{metric} is undefined: the masks contain only normal pixels ({n} of {n}). Add "
@@ -168,6 +163,17 @@ def _check_pixel_inputs(masks: ArrayLike, maps: ArrayLike, metric: str) -> tuple
     return masks, maps
 
 
+def _check_finite(sorted_scores: list[torch.Tensor], maps: torch.Tensor, metric: str) -> None:
+    """NaN sorts last and -inf first, so the ends of the sorted scores tell if any is non-finite."""
+    ends = torch.stack([torch.stack([s[0], s[-1]]) for s in sorted_scores])
+    if not torch.isfinite(ends).all():
+        n_bad = int((~torch.isfinite(maps)).sum())
+        raise MetricError(
+            f"{metric} is undefined: {n_bad} of {maps.numel()} anomaly-map pixels are non-finite "
+            f"(NaN or inf). {_DIVERGED_HINT}"
+        )
+
+
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
     """1 / (size of its ground-truth region) for every anomalous pixel, in ``masks[masks]``
     order, and the number of regions. Regions are 8-connected, within one image."""
@@ -178,6 +184,13 @@ def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
             weights.append(1.0 / np.bincount(regions.ravel())[regions[mask]])
             count += n
     return np.concatenate(weights), count
+
+
+def _select(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``values[where]`` (a copy); on the CPU through numpy, ~4x faster than torch."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(values.numpy()[where.numpy()])
+    return values[where]
 
 
 def _sorted(values: torch.Tensor) -> torch.Tensor:
@@ -227,26 +240,26 @@ def pixel_curves(masks: ArrayLike, maps: ArrayLike, regions: bool = True,
     ``regions=False`` skips labelling the ground-truth regions (no AUPRO then).
     """
     masks, maps = _check_pixel_inputs(masks, maps, metric)
-    normal = _sorted(maps[~masks])                                       # (n_normal,)
-    anomalous, order = torch.sort(maps[masks])                           # (n_anomalous,)
+    normal = _sorted(_select(maps, ~masks))                              # (n_normal,)
+    anomalous, order = torch.sort(_select(maps, masks))                  # (n_anomalous,)
+    _check_finite([normal, anomalous], maps, metric)
     values, counts = torch.unique_consecutive(anomalous, return_counts=True)  # (U,) each
     n_normal, n_anomalous = len(normal), len(anomalous)
-    # per distinct value p: counts strictly above p, and at or above p
-    ends = torch.cumsum(counts, 0)                                       # (U,)
-    tp_above, tp_at = n_anomalous - ends, n_anomalous - ends + counts
-    fp_above = n_normal - torch.searchsorted(normal, values, side="right")
-    fp_at = n_normal - torch.searchsorted(normal, values, side="left")
-    overlap_above = overlap_at = torch.zeros_like(values, dtype=torch.float64)
+    # per distinct value p, from here on small numpy arrays (U,): counts above p and at or above
+    fp_above = n_normal - torch.searchsorted(normal, values, side="right").cpu().numpy()
+    fp_at = n_normal - torch.searchsorted(normal, values, side="left").cpu().numpy()
+    ends = np.cumsum(counts.cpu().numpy())                               # anomalous pixels <= p
+    tp_above, tp_at = n_anomalous - ends, n_anomalous - ends + counts.cpu().numpy()
+    overlap_above = overlap_at = np.zeros(len(ends))
     n_regions = 0
     if regions:
         weights, n_regions = _region_weights(masks.cpu().numpy())
-        below = torch.cumsum(torch.from_numpy(weights).to(maps.device)[order], 0)  # (n_anomalous,)
-        total = below[-1]
-        overlap_above = (total - below[ends - 1]).clamp(min=0)
-        overlap_at = total - torch.cat([below.new_zeros(1), below[ends[:-1] - 1]])
+        below = np.cumsum(weights[order.cpu().numpy()])                  # (n_anomalous,)
+        overlap_above = np.maximum(below[-1] - below[ends - 1], 0.0)
+        overlap_at = below[-1] - np.concatenate(([0.0], below[ends[:-1] - 1]))
 
-    def corners(above: torch.Tensor, at: torch.Tensor, everything: float) -> np.ndarray:
-        pairs = torch.stack([above, at], dim=1).flip(0).cpu().double().numpy()  # (U, 2)
+    def corners(above: np.ndarray, at: np.ndarray, everything: float) -> np.ndarray:
+        pairs = np.stack([above, at], axis=1)[::-1]                      # (U, 2), highest p first
         return np.concatenate(([0.0], pairs.ravel(), [everything]))
 
     return PixelCurves(corners(fp_above, fp_at, n_normal), corners(tp_above, tp_at, n_anomalous),
