@@ -21,7 +21,7 @@ def blobs(seed: int, n: int = 6, size: int = 32) -> np.ndarray:
     return masks
 
 
-def smooth_maps(masks: np.ndarray, seed: int, signal: float = 1.0) -> np.ndarray:
+def smooth_maps(masks: np.ndarray, seed: int, signal: float = 3.0) -> np.ndarray:
     """Spatially smooth noise plus a blurred copy of the masks: an ordinary anomaly map."""
     rng = np.random.default_rng(seed)
     noise = ndimage.gaussian_filter(rng.normal(size=masks.shape), sigma=(0, 2, 2))
