@@ -190,7 +190,8 @@ def _create_from_file(create, path: Path, model_name: str) -> nn.Module:
         raise WeightsError(
             f"CLIP checkpoint {path} cannot be loaded into {model_name}: "
             f"{unreadable_reason(error)}. Pass a weights file of {model_name} (open_clip's "
-            f"open_clip_pytorch_model.bin or OpenAI's .pt), or the --model it belongs to.") from None
+            f"open_clip_pytorch_model.bin or OpenAI's .pt), or the --model it belongs to."
+        ) from None
 
 
 def _create_or_explain(create, weights: str, model_name: str, tag: str) -> nn.Module:

@@ -99,10 +99,12 @@ def read_checkpoint(path: str | Path) -> dict:
                               "`mvfa-lite train`.")
     missing = [key for key in _ENTRIES if key not in payload]
     wrong = [f"{key} ({type(payload[key]).__name__}, expected {kind.__name__})"
-             for key, kind in _ENTRIES.items() if key in payload and not isinstance(payload[key], kind)]
+             for key, kind in _ENTRIES.items()
+             if key in payload and not isinstance(payload[key], kind)]
     if not all(isinstance(v, torch.Tensor) for v in payload.get("adapters", {}).values()):
         wrong.append("adapters (holds values that are not tensors)")
-    if not missing and not wrong and len(payload["normal_shots"]) != len(payload["normal_shot_sha256"]):
+    if not missing and not wrong and \
+            len(payload["normal_shots"]) != len(payload["normal_shot_sha256"]):
         wrong.append("normal_shot_sha256 (not one hash per normal shot)")
     if missing or wrong:
         problems = ([f"missing {', '.join(missing)}"] if missing else []) + \
@@ -128,10 +130,10 @@ def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = Fal
     _check_shapes(model, payload["adapters"], path)
     fingerprint = clip_fingerprint(model.backbone)
     if payload["clip_fingerprint"] != fingerprint:
-        message = (f"checkpoint {path} was trained with other CLIP weights ({saved.get('weights')}, "
-                   f"fingerprint {payload['clip_fingerprint']}) than these "
-                   f"({current.get('weights')}, fingerprint {fingerprint}); its adapters only fit "
-                   "the features they were trained on.")
+        message = (f"checkpoint {path} was trained with other CLIP weights "
+                   f"({saved.get('weights')}, fingerprint {payload['clip_fingerprint']}) than "
+                   f"these ({current.get('weights')}, fingerprint {fingerprint}); its adapters "
+                   "only fit the features they were trained on.")
         if not allow_other_weights:
             raise CheckpointError(f"{message} Pass the weights it was trained with "
                                   "(--clip-checkpoint), retrain, or evaluate anyway with "
@@ -148,7 +150,8 @@ def _check_shapes(model: MVFA, adapters: dict, path) -> None:
     expected = {name: tuple(t.shape) for name, t in model.banks.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in adapters.items()}
     problems = [f"{name} is missing" for name in expected if name not in found]
-    problems += [f"{name} is not an adapter of this model" for name in found if name not in expected]
+    problems += [f"{name} is not an adapter of this model"
+                 for name in found if name not in expected]
     problems += [f"{name} is {found[name]} but the model needs {shape}"
                  for name, shape in expected.items() if name in found and found[name] != shape]
     if problems:

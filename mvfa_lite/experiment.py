@@ -168,7 +168,8 @@ def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_ba
         config = MVFAConfig.from_dict({**payload["config"], "device": device})
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {checkpoint} has an unusable config entry ({error}); "
-                              "it was damaged or edited. Retrain it with `mvfa-lite train`.") from None
+                              "it was damaged or edited. Retrain it with `mvfa-lite train`."
+                              ) from None
     model = build_model(config, clip_checkpoint)
     payload = load_adapters(model, checkpoint, allow_other_weights)
     model.eval()

@@ -23,7 +23,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from metric_cases import CASES, blobs, reference_aupro, smooth_maps  # noqa: E402
 
-from mvfa_lite.metrics import aupro, pixel_auroc, pixel_average_precision, pixel_metrics  # noqa: E402
+from mvfa_lite.metrics import (  # noqa: E402
+    aupro, pixel_auroc, pixel_average_precision, pixel_metrics)
 
 
 def timed(function, repeats: int) -> tuple[float, object]:
@@ -60,13 +61,14 @@ def speed(maps_count: int, size: int, device: str, repeats: int) -> None:
     for name, count, function in rows:
         seconds[name], values[name] = timed(function, count)
         print(f"  {name:42s} {seconds[name]:7.3f} s")
-    sklearn = seconds["scikit-learn roc_auc_score"] + seconds["scikit-learn average_precision_score"]
+    auroc, ap = "roc_auc_score", "average_precision_score"
+    sklearn = seconds[f"scikit-learn {auroc}"] + seconds[f"scikit-learn {ap}"]
     ours = seconds["ours pixel_auroc"] + seconds["ours pixel_average_precision"]
     print(f"  AUROC + AP: scikit-learn {sklearn:.2f} s, ours {ours:.2f} s: {sklearn / ours:.1f}x; "
           f"all three pixel metrics in {seconds['ours pixel_metrics (all three, one sort)']:.2f} s")
     print(f"  |ours - scikit-learn|: AUROC "
-          f"{abs(values['ours pixel_auroc'] - values['scikit-learn roc_auc_score']):.1e}, AP "
-          f"{abs(values['ours pixel_average_precision'] - values['scikit-learn average_precision_score']):.1e}")
+          f"{abs(values['ours pixel_auroc'] - values[f'scikit-learn {auroc}']):.1e}, AP "
+          f"{abs(values['ours pixel_average_precision'] - values[f'scikit-learn {ap}']):.1e}")
 
 
 def agreement() -> None:

@@ -85,7 +85,8 @@ def test_round_trip_restores_adapters_and_bank(tiny_model, shots, tmp_path):
     assert bank is not None
 
 
-def test_fingerprint_tells_weights_apart_and_is_cached(tiny_model, tiny_config, other_weights_model):
+def test_fingerprint_tells_weights_apart_and_is_cached(tiny_model, tiny_config,
+                                                        other_weights_model):
     fresh = MVFA.from_config(tiny_config)                        # the same (seeded) weights
     assert clip_fingerprint(fresh.backbone) == clip_fingerprint(tiny_model.backbone)
     assert clip_fingerprint(other_weights_model.backbone) != clip_fingerprint(tiny_model.backbone)
@@ -183,7 +184,7 @@ def test_unusable_config_is_one_line(tiny_model, tmp_path):
         load_trained(path, device="cpu")
 
 
-# --------------------------------------------------------------------------- other weights, edited shots
+# --------------------------------------------------------------------------- other weights, shots
 
 
 def test_other_clip_weights_are_refused_or_allowed_with_a_warning(tiny_model, other_weights_model,
@@ -201,7 +202,8 @@ def test_other_clip_weights_are_refused_or_allowed_with_a_warning(tiny_model, ot
         torch.testing.assert_close(saved, loaded)
 
 
-def test_cli_refuses_other_weights_unless_allowed(other_weights_model, tmp_path, capsys, chest_root):
+def test_cli_refuses_other_weights_unless_allowed(other_weights_model, tmp_path, capsys,
+                                                  chest_root):
     path = str(save_checkpoint(other_weights_model, tmp_path / "a.pth", dataset="chest"))
     common = [str(chest_root), "--split", "embedded", "--device", "cpu"]
     assert main(["evaluate", path, *common]) == 2

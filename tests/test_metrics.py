@@ -6,6 +6,7 @@ import torch
 from metric_cases import CASES, reference_aupro
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from mvfa_lite import metrics
 from mvfa_lite.errors import MetricError
 from mvfa_lite.metrics import (
     aupro,
@@ -111,9 +112,10 @@ def test_pixel_metrics_match_sklearn(case, seed):
 @pytest.mark.parametrize("seed", range(3))
 def test_pixel_metrics_on_random_ties_match_sklearn(seed):
     masks, maps = random_pixels(seed, ties=True)
-    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
+    flat_masks, flat_maps = masks.ravel(), maps.ravel()
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(flat_masks, flat_maps), abs=1e-9)
     assert pixel_average_precision(masks, maps) == pytest.approx(
-        average_precision_score(masks.ravel(), maps.ravel()), abs=1e-9
+        average_precision_score(flat_masks, flat_maps), abs=1e-9
     )
 
 
@@ -130,9 +132,23 @@ def test_one_far_outlier_costs_only_its_own_pairs():
 def test_pixel_metrics_accept_uint8_masks_float32_maps_and_tensors():
     masks, maps = random_pixels(7)
     expected = roc_auc_score(masks.ravel(), maps.astype(np.float32).ravel())
-    assert pixel_auroc(masks.astype(np.uint8), maps.astype(np.float32)) == pytest.approx(expected, abs=1e-12)
+    as_uint8_and_float32 = pixel_auroc(masks.astype(np.uint8), maps.astype(np.float32))
+    assert as_uint8_and_float32 == pytest.approx(expected, abs=1e-12)
     as_tensors = pixel_metrics(torch.from_numpy(masks), torch.from_numpy(maps))
     assert as_tensors == pytest.approx(pixel_metrics(masks, maps), abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["ties", "outlier"])
+def test_the_gpu_code_path_counts_like_the_numpy_one(case):
+    # maps on a GPU are sorted and counted with torch; that branch runs here on CPU tensors
+    masks, maps = CASES[case](0)
+    normal, anomalous = maps[~masks], maps[masks]
+    with_numpy = metrics._sorted_counts(normal.copy(), anomalous.copy())
+    with_torch = metrics._sorted_counts(torch.from_numpy(normal), torch.from_numpy(anomalous))
+    for field in ("normal_below", "normal_up_to", "anomalous_at"):
+        np.testing.assert_array_equal(getattr(with_torch, field), getattr(with_numpy, field))
+    np.testing.assert_array_equal(anomalous[with_torch.order], np.sort(anomalous))
+    assert with_torch.finite and with_numpy.finite
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (maps on the device)")
