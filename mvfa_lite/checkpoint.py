@@ -46,10 +46,10 @@ def clip_fingerprint(backbone: Backbone) -> str:
         digest = hashlib.sha256()
         for name, tensor in sorted(backbone.clip.state_dict().items()):
             flat = tensor.detach().reshape(-1)
-            picks = torch.linspace(0, max(flat.numel() - 1, 0), _SAMPLES, device=flat.device)
             digest.update(f"{name}{tuple(tensor.shape)}".encode())
-            if flat.numel():
-                digest.update(flat[picks.long()].float().cpu().numpy().tobytes())
+            if flat.numel():      # first, last and evenly spaced between (integer positions)
+                picks = torch.arange(_SAMPLES) * (flat.numel() - 1) // (_SAMPLES - 1)
+                digest.update(flat[picks.to(flat.device)].float().cpu().numpy().tobytes())
         _fingerprints[backbone] = digest.hexdigest()[:16]
     return _fingerprints[backbone]
 

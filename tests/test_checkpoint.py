@@ -95,6 +95,18 @@ def test_fingerprint_tells_weights_apart_and_is_cached(tiny_model, tiny_config,
     assert clip_fingerprint(fresh.backbone) == clip_fingerprint(tiny_model.backbone)
 
 
+def test_fingerprint_reaches_the_last_value_of_large_tensors():
+    # 49408 x 512 = 25.3 M values (CLIP's token embedding): beyond float32's exact integers
+    holder = torch.nn.Module()
+    holder.clip = torch.nn.Embedding(49408, 512)
+    before = clip_fingerprint(holder)
+    other = torch.nn.Module()
+    other.clip = holder.clip
+    with torch.no_grad():
+        holder.clip.weight[-1, -1] += 1
+    assert clip_fingerprint(other) != before
+
+
 # --------------------------------------------------------------------------- not a checkpoint
 
 
