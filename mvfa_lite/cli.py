@@ -15,8 +15,10 @@ import warnings
 from pathlib import Path
 
 from .config import PRESETS, MVFAConfig
+from . import datasets
 from .errors import DataWarning, MVFAError
 from .prompts import PROMPT_SETS
+from .runtime import PRECISIONS
 
 
 def _at_least(low: int):
@@ -45,8 +47,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int)
     group.add_argument("--levels", type=int, nargs="+", help="blocks after which adapters sit")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    group.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                       help="run fp32 instead of bf16 autocast (used on GPUs and on CPUs with native bf16)")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help="auto (default): bf16 on GPUs that have it, fp16 on T4/V100, on a "
+                       "CPU the faster of bf16 and fp32 as measured")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -69,12 +72,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> MVFAConfig:
-    fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "amp",
+    fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "precision",
               "epochs", "batch_size", "shots", "seed", "lr", "zero_shot_lr", "beta", "mix",
               "prompts", "normal_only", "augment")
     changes = {name: getattr(args, name) for name in fields
                if getattr(args, name, None) is not None}
     return MVFAConfig(**{**PRESETS[args.preset], **changes})
+
+
+ALLOW_OTHER_WEIGHTS = ("load the adapters even into other CLIP weights than they were trained "
+                       "with (a loud warning; the numbers then do not measure the trained model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,16 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="few-shot or leave-one-dataset-out training",
                                 description="Train the adapters, then evaluate on the test split. "
                                 "Writes adapters.pth, metrics.json and scores.csv to --out.")
-    train.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD)")
+    train.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD) or a "
+                       "shipped set's name (chestxray_synthlesion, chestxray_kermany224)")
     train.add_argument("--setting", choices=["few-shot", "zero-shot"], default="few-shot")
-    train.add_argument("--support-split", default="valid",
-                       help="few-shot: split the shots come from (default valid)")
-    train.add_argument("--test-split", default="test")
+    train.add_argument("--support-split",
+                       help="few-shot: split the shots come from (default valid; a shipped "
+                       "set's own)")
+    train.add_argument("--test-split", help="default test (a shipped set's own)")
     train.add_argument("--seed-file", help="few-shot: official k-shot.txt file listing the shots")
     train.add_argument("--iterate", type=_at_least(0), default=0,
                        help="draw index in the seed file")
     train.add_argument("--sources", nargs="+", default=[],
-                       help="zero-shot: the other datasets' folders to train on")
+                       help="zero-shot: the other datasets' folders (or names) to train on")
     train.add_argument("--source-split", default="test",
                        help="zero-shot: split of the sources to train on (official: test)")
     train.add_argument("--out", default="runs/latest", help="output folder")
@@ -104,12 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a labelled split with trained adapters",
                                    description="Evaluate a checkpoint on a BMAD-layout split.")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("root")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("root", help="dataset folder or a shipped set's name")
+    evaluate.add_argument("--split", help="default test (a shipped set's own)")
     evaluate.add_argument("--clip-checkpoint")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--zero-shot-only", action="store_true",
                           help="ignore the few-shot memory bank")
+    evaluate.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     evaluate.add_argument("--out", help="write metrics.json and scores.csv here")
     evaluate.add_argument("--save-maps", action="store_true")
 
@@ -124,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoint's dataset, e.g. 'Brain')")
     predict.add_argument("--clip-checkpoint")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     sweep = commands.add_parser("sweep", help="run a notebook over a parameter grid (papermill)",
                                 description="Execute a notebook for every point of a YAML grid; "
                                 "finished runs (those with result.json) are skipped, so a killed "
@@ -156,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time a batch-1 per-image loop like the official code's")
     bench.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     bench.add_argument("--protocol", choices=["paper", "corrected"], default="paper")
-    bench.add_argument("--no-amp", dest="amp", action="store_false")
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto")
     bench.add_argument("--out", default="bench.json")
     return parser
 
@@ -182,16 +193,20 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from .experiment import run_few_shot, run_zero_shot
     config = _config(args)
+    root = datasets.path(args.root)
+    support_split, test_split = datasets.splits(args.root)
+    support_split, test_split = args.support_split or support_split, args.test_split or test_split
     if args.setting == "few-shot":
-        run = run_few_shot(config, args.root, support_split=args.support_split,
-                           test_split=args.test_split, seed_file=args.seed_file,
+        run = run_few_shot(config, root, support_split=support_split,
+                           test_split=test_split, seed_file=args.seed_file,
                            iterate=args.iterate, out=args.out,
                            clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
     else:
         if not args.sources:
             raise ValueError("zero-shot training needs --sources: the other datasets' folders")
-        run = run_zero_shot(config, args.root, args.sources, source_split=args.source_split,
-                            test_split=args.test_split, out=args.out,
+        sources = [datasets.path(source) for source in args.sources]
+        run = run_zero_shot(config, root, sources, source_split=args.source_split,
+                            test_split=test_split, out=args.out,
                             clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
     _report(run.summary["weights"], run.metrics, args.out)
     return 0
@@ -201,25 +216,30 @@ def _evaluate(args) -> int:
     from .data import ADDataset
     from .evaluate import compute_metrics, save_scores, score_dataset
     from .experiment import load_trained, smallest_side, weights_banner
+    from .metrics import pixel_metrics_absent
     from .outputs import EVALUATE_FILES, OutputFolder
     from .results import write_json
     from .prompts import object_name
-    output = OutputFolder(args.out, "evaluate", EVALUATE_FILES, inputs=[args.root]) \
-        if args.out else None
+    output = OutputFolder(args.out, "evaluate", EVALUATE_FILES,
+                          inputs=[datasets.path(args.root)]) if args.out else None
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
-                                        with_bank=not args.zero_shot_only)
+                                        with_bank=not args.zero_shot_only,
+                                        allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
-    test = ADDataset(args.root, args.split, model.config.image_size).require_both_classes()
-    test.check(smallest_side(model.config))
+    split = args.split or datasets.splits(args.root)[1]
+    test = ADDataset(datasets.path(args.root), split, model.config.image_size)
+    test.require_both_classes().check(smallest_side(model.config))
     text = model.text_features(object_name(test.name))
     scores = score_dataset(model, test, text, bank, description=f"testing {test.name}")
     metrics = compute_metrics(scores)
     if output is not None:
+        summary = dict(metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
+                       weights=weights_banner(model), dataset=test.name,
+                       checkpoint=str(args.checkpoint),
+                       weights_warning=payload.get("weights_warning"))
         with output.writing() as folder:
             save_scores(scores, folder, maps=args.save_maps)
-            write_json(folder / "metrics.json",
-                       dict(metrics=metrics, weights=weights_banner(model), dataset=test.name,
-                            checkpoint=str(args.checkpoint)))
+            write_json(folder / "metrics.json", summary)
     _report(weights_banner(model), metrics, args.out)
     return 0
 
@@ -232,7 +252,8 @@ def _predict(args) -> int:
     from .prompts import object_name
     from .viz import overlay
     output = OutputFolder(args.out, "predict", PREDICT_FILES, inputs=[args.images])
-    model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device)
+    model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
+                                        allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
     images = ImageFolder(args.images, model.config.image_size, exclude=[output.path])
     images.check(smallest_side(model.config))
@@ -266,7 +287,8 @@ def _bench(args) -> int:
         epochs = 1
     config = MVFAConfig(model_name=args.model_name, pretrained="random",
                         image_size=args.image_size, device=args.device, shots=args.shots,
-                        epochs=epochs, protocol=args.protocol, amp=args.amp)
+                        epochs=epochs, protocol=args.protocol,
+                        precision=args.precision)
     result = run_benchmark(config, repeats=args.repeats, baseline=args.baseline,
                            compile=args.compile, **sizes)
     result["command"] = "mvfa-lite " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(

@@ -30,6 +30,7 @@ import numbers
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
+from .runtime import PRECISIONS
 
 PROTOCOLS = ("paper", "corrected")
 
@@ -61,7 +62,7 @@ class MVFAConfig:
     normal_only: bool = False              # train on k normal shots only (issue #12)
     # --- execution ---------------------------------------------------------------------
     device: str = "auto"                   # "auto" = cuda when available, else cpu
-    amp: bool = True                       # bf16 autocast on CUDA (ignored on CPU)
+    precision: str = "auto"                # auto, fp32, bf16, fp16 (runtime.resolve_precision)
     memory_chunk: int = 4096               # test patches per nearest-neighbour matmul chunk
 
     overrides: dict = field(default_factory=dict)  # explicit per-quirk overrides (see below)
@@ -96,10 +97,12 @@ class MVFAConfig:
         _check("betas", self.betas, _is_sequence(self.betas) and len(self.betas) == 2
                and all(_is_real(v) and 0 <= v < 1 for v in self.betas),
                "two Adam coefficients in [0, 1)")
-        for name in ("augment", "normal_only", "amp"):
+        for name in ("augment", "normal_only"):
             value = getattr(self, name)
             _check(name, value, isinstance(value, bool), "True or False")
         _check("protocol", self.protocol, self.protocol in PROTOCOLS, f"one of {PROTOCOLS}")
+        _check("precision", self.precision, self.precision in PRECISIONS,
+               f"one of {', '.join(PRECISIONS)}")
         for name in ("model_name", "pretrained", "prompts"):
             value = getattr(self, name)
             _check(name, value, isinstance(value, str) and value != "", "a non-empty name")
@@ -173,7 +176,7 @@ def _is_sequence(value) -> bool:
 
 def _option(name: str) -> str:
     """The command-line option that sets a config field."""
-    return {"model_name": "--model", "amp": "--no-amp", "augment": "--no-augment"}.get(
+    return {"model_name": "--model", "augment": "--no-augment"}.get(
         name, "--" + name.replace("_", "-"))
 
 

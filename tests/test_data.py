@@ -1,4 +1,5 @@
-"""Tests of mvfa_lite.data, .images and .shots: loading, bad inputs, few-shot selection and augmentation."""
+"""Tests of mvfa_lite.data, .images and .shots: loading, bad inputs, few-shot selection and
+augmentation."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mvfa_lite import datasets
 from mvfa_lite.data import BMAD_KEYS, ADDataset, ImageFolder, Item, bmad_root
 from mvfa_lite.images import image_to_tensor, load_image, load_mask, mask_to_tensor
 from mvfa_lite.shots import (AUGMENTATIONS_PER_SHOT, augment_shots, read_seed_file, select_shots,
@@ -64,12 +66,12 @@ def raises_data_error(*fragments):
 # -- embedded real datasets ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "folder, has_masks",
-    [("busi", True), ("chestxray_kermany224", False), ("brainmri_navoneel", False)],
-)
-def test_embedded_sets_load(shared_data, folder, has_masks):
-    ds = ADDataset(shared_data / folder, "embedded", image_size=S)
+@pytest.mark.parametrize("folder, has_masks", [
+    ("chestxray_kermany224", False),
+    pytest.param("busi", True, marks=pytest.mark.shared),
+    pytest.param("brainmri_navoneel", False, marks=pytest.mark.shared)])
+def test_embedded_sets_load(folder, has_masks):
+    ds = ADDataset(datasets.path(folder), "embedded", image_size=S)
     assert ds.name == folder
     assert len(ds) == 40 and ds.num_normal == 20 and ds.num_abnormal == 20
     assert ds.has_masks == has_masks
@@ -92,13 +94,13 @@ def test_embedded_sets_load(shared_data, folder, has_masks):
         assert data["mask"].sum() == 0
 
 
-def test_getitem_dict_and_subset(shared_data):
-    ds = ADDataset(shared_data / "busi", "embedded", image_size=S)
+def test_getitem_dict_and_subset(synth_root):
+    ds = ADDataset(synth_root, "test", image_size=S)
     sample = ds[25]
     assert set(sample) == {"image", "mask", "label", "path"}
-    assert sample["label"] == 1 and sample["path"].endswith(".png")
+    assert sample["label"] == 1 and sample["path"].endswith(".png") and sample["mask"].sum() > 0
     part = ds.subset([0, 25])
-    assert len(part) == 2 and part.image_size == S and part.name == "busi"
+    assert len(part) == 2 and part.image_size == S and part.name == "chestxray_synthlesion"
     assert part.items == [ds.items[0], ds.items[25]]
     assert isinstance(part.items[0], Item)
     assert len(ds) == 40  # the original is untouched
@@ -399,8 +401,8 @@ def test_k_too_large_or_zero(six_by_six):
         select_shots(six_by_six, 0, seed=0)
 
 
-def test_split_off_shots(shared_data):
-    ds = ADDataset(shared_data / "busi", "embedded", image_size=S)
+def test_split_off_shots(chest_root):
+    ds = ADDataset(chest_root, "embedded", image_size=S)
     support, rest = split_off_shots(ds, 4, seed=0)
     assert support.num_normal == 4 and support.num_abnormal == 4
     assert len(rest) == 32
