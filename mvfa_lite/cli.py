@@ -174,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_others = warnings.showwarning
 
-    def one_line(message, category, *where, **how):
+    def one_line(message, category, *where):
+        if not issubclass(category, DataWarning):
+            return show_others(message, category, *where)
         print(f"mvfa-lite {args.command}: warning: {message}", file=sys.stderr)
 
     try:

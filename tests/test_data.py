@@ -96,6 +96,7 @@ def test_embedded_sets_load(folder, has_masks):
 
 def test_getitem_dict_and_subset(synth_root):
     ds = ADDataset(synth_root, "test", image_size=S)
+    size = len(ds)
     sample = ds[25]
     assert set(sample) == {"image", "mask", "label", "path"}
     assert sample["label"] == 1 and sample["path"].endswith(".png") and sample["mask"].sum() > 0
@@ -103,7 +104,7 @@ def test_getitem_dict_and_subset(synth_root):
     assert len(part) == 2 and part.image_size == S and part.name == "chestxray_synthlesion"
     assert part.items == [ds.items[0], ds.items[25]]
     assert isinstance(part.items[0], Item)
-    assert len(ds) == 40  # the original is untouched
+    assert len(ds) == size == 48  # the original is untouched
 
 
 def test_name_strips_ad_suffix(tmp_path):
