@@ -99,8 +99,9 @@ class SlurmExecutor:
             raise MVFAError(f"resources.slurm: {str(error).splitlines()[0]}") from None
         jobs = executor.map_array(function, cells)
         cell_of = {job.job_id: cell for job, cell in zip(jobs, cells)}
-        print(f"submitted {len(jobs)} cells as {self.cluster} job array "
-              f"{jobs[0].job_id.split('_')[0]}; submitit logs in {logs}", flush=True)
+        print(f"submitted {len(jobs)} cells as {self.cluster} jobs {jobs[0].job_id}"
+              + (f" to {jobs[-1].job_id}" if len(jobs) > 1 else "")
+              + f"; submitit logs in {logs}", flush=True)
         for job in submitit.helpers.as_completed(jobs, poll_frequency=self.poll_seconds):
             cell = cell_of[job.job_id]
             try:
@@ -184,7 +185,11 @@ def _last_error(error: BaseException) -> str:
     cause = getattr(error, "cause", None) or error
     text = str(cause).strip()
     lines = [line for line in text.splitlines() if line.strip()]
-    if lines and type(cause).__name__ == "FailedJobError":
+    kind = type(cause).__name__
+    if lines and kind == "FailedJobError":
         # submitit passes the job's traceback as text: its last line is the error
         return lines[-1].strip()[:300]
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}"[:300]
+    if len(lines) > 1 and kind == "UncompletedJobError":
+        # "Job <id> (task: 0) with path <result file>" / "has not produced any output (state)"
+        return f"{kind}: the job {lines[1].strip()}"[:300]
+    return f"{kind}: {lines[0] if lines else ''}"[:300]
