@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -12,6 +13,8 @@ from mvfa_lite.cli import main
 from mvfa_lite.errors import MVFAError
 from mvfa_lite.results import collect_results, save_result, write_json
 from mvfa_lite.sweep import load_grid, notebook_parameters, run_sweep
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _notebook(path, parameters="x = 0\ncrash_flag = ''\nname = ''\nout_dir = '.'"):
@@ -216,6 +219,17 @@ def test_unavailable_cluster_is_explained(tmp_path, capsys, monkeypatch):
     assert main(["sweep", str(grid), "--executor", "slurm"]) == 2
     assert "sbatch is not on this machine's PATH" in capsys.readouterr().err
     assert not (tmp_path / "out" / "x-1" / "result.json").exists()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_grid_files_are_valid(path, monkeypatch):
+    monkeypatch.chdir(REPO)                         # their paths are relative to the root
+    grid = load_grid(path.relative_to(REPO))
+    cells = grid.cells()
+    assert cells and len({cell.folder for cell in cells}) == len(cells)
+    assert all(cell.folder.parent == (REPO / grid.output).resolve() for cell in cells)
+    if grid.parameters.get("model_name") == "ViT-L-14-336":
+        assert grid.resources.gpus == 1              # the real-weight grids ask for a GPU
 
 
 def test_result_files_are_atomic_and_collected(tmp_path):
