@@ -87,17 +87,12 @@ class SlurmExecutor:
 
     def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
         submitit = _require("submitit", "slurm")
-        logs = output / ".slurm"
         if self.cluster == "slurm" and shutil.which("sbatch") is None:
             raise MVFAError("--executor slurm: sbatch is not on this machine's PATH; run the "
                             "sweep on the cluster's login node (or try it here with "
                             "--submitit-cluster local).")
-        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster)
-        try:
-            executor.update_parameters(**self._parameters(logs))
-        except NameError as error:          # submitit's message lists the valid names
-            raise MVFAError(f"resources.slurm: {str(error).splitlines()[0]}") from None
-        jobs = executor.map_array(function, cells)
+        logs = output / ".slurm"
+        jobs = self.submitit_executor(logs).map_array(function, cells)
         cell_of = {job.job_id: cell for job, cell in zip(jobs, cells)}
         print(f"submitted {len(jobs)} cells as {self.cluster} jobs {jobs[0].job_id}"
               + (f" to {jobs[-1].job_id}" if len(jobs) > 1 else "")
@@ -109,6 +104,16 @@ class SlurmExecutor:
             except Exception as error:      # the job itself died: time, memory, node
                 yield CellResult(cell.name, failed=True, reason=_last_error(error),
                                  log=str(job.paths.stderr))
+
+    def submitit_executor(self, logs: Path):
+        """submitit's executor with this sweep's resources; logs and jobs go to ``logs``."""
+        submitit = _require("submitit", "slurm")
+        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster)
+        try:
+            executor.update_parameters(**self._parameters(logs))
+        except NameError as error:          # submitit's message lists the valid names
+            raise MVFAError(f"resources.slurm: {str(error).splitlines()[0]}") from None
+        return executor
 
     def _parameters(self, logs: Path) -> dict:
         r = self.resources

@@ -4,14 +4,18 @@ submitit jobs, one process each) and a Ray runtime started on this machine. Each
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from mvfa_lite.cli import main
+from mvfa_lite.errors import MVFAError
 from mvfa_lite.executors import Resources, SlurmExecutor
-from mvfa_lite.sweep import run_sweep
+from mvfa_lite.sweep import load_grid, run_sweep
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _training_notebook(path):
@@ -120,3 +124,25 @@ def test_ray_executor_with_a_local_runtime(tiny_grid, capsys, monkeypatch):
                  capsys)
     import ray
     assert not ray.is_initialized()                  # the runtime it started is stopped
+
+
+def test_slurm_jobs_ask_for_the_grids_resources(tmp_path, monkeypatch):
+    """The sbatch script submitit writes for a cell carries the grid file's resources,
+    with flags on top (no cluster needed: a stand-in srun lets submitit start)."""
+    pytest.importorskip("submitit", reason="the [slurm] extra (submitit) is not installed")
+    (tmp_path / "srun").write_text("#!/bin/sh\n")
+    (tmp_path / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.chdir(REPO)
+    resources = load_grid("sweeps/table1_fewshot.yaml").resources
+    assert (resources.gpus, resources.cpus, resources.mem_gb, resources.timeout_min) == (
+        1, 8, 32, 480)
+    resources = resources.updated(partition="gpu", timeout_min=60, slurm={"account": "lab"})
+    executor = SlurmExecutor(resources).submitit_executor(tmp_path / "table1" / ".slurm")
+    script = executor._executor._make_submission_file_text("python -m submitit", "x")
+    for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB",
+                 "--time=60", "--account=lab", "--job-name=mvfa-table1", "--nodes=1"):
+        assert f"#SBATCH {line}\n" in script, line
+    typo = SlurmExecutor(Resources(slurm={"acount": "lab"}))
+    with pytest.raises(MVFAError, match="resources.slurm: Unknown argument 'acount'"):
+        typo.submitit_executor(tmp_path / ".slurm")

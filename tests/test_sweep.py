@@ -101,7 +101,11 @@ def test_keys_cannot_inject_code(tmp_path):
     grid = _grid(tmp_path, f"parameters:\n  '{attack}': 1\n")
     with pytest.raises(MVFAError, match="parameters key .* is not a Python variable name"):
         run_sweep(grid, progress=False)
+    grid = _grid(tmp_path, "grid:\n  ../../../escaped: [1]\n")
+    with pytest.raises(MVFAError, match="grid key '../../../escaped' is not a Python variable"):
+        run_sweep(grid, progress=False)
     assert not marker.exists() and not (tmp_path / "out").exists()
+    assert not (tmp_path.parent.parent / "escaped").exists()
     grid = _grid(tmp_path, "grid: {epochs: [1]}\n")
     with pytest.raises(MVFAError, match="grid key 'epochs' is not a parameter of nb.ipynb; its "
                                         "parameters are crash_flag, name, x"):
