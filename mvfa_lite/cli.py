@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 from .config import PRESETS, MVFAConfig
+from . import datasets
 from .errors import MVFAError
 from .prompts import PROMPT_SETS
+from .runtime import PRECISIONS
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +31,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int)
     group.add_argument("--levels", type=int, nargs="+", help="blocks after which adapters sit")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    group.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                       help="run fp32 instead of bf16 autocast (used on GPUs and on CPUs with native bf16)")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help="auto (default): bf16 on GPUs that have it, fp16 on T4/V100, on a "
+                       "CPU the faster of bf16 and fp32 as measured")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> MVFAConfig:
-    fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "amp",
+    fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "precision",
               "epochs", "batch_size", "shots", "seed", "lr", "zero_shot_lr", "beta", "mix",
               "prompts", "normal_only", "augment")
     changes = {name: getattr(args, name) for name in fields
@@ -68,15 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="few-shot or leave-one-dataset-out training",
                                 description="Train the adapters, then evaluate on the test split. "
                                 "Writes adapters.pth, metrics.json and scores.csv to --out.")
-    train.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD)")
+    train.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD) or a "
+                       "shipped set's name (chestxray_synthlesion, chestxray_kermany224)")
     train.add_argument("--setting", choices=["few-shot", "zero-shot"], default="few-shot")
-    train.add_argument("--support-split", default="valid",
-                       help="few-shot: split the shots come from (default valid)")
-    train.add_argument("--test-split", default="test")
+    train.add_argument("--support-split",
+                       help="few-shot: split the shots come from (default valid; a shipped "
+                       "set's own)")
+    train.add_argument("--test-split", help="default test (a shipped set's own)")
     train.add_argument("--seed-file", help="few-shot: official k-shot.txt file listing the shots")
     train.add_argument("--iterate", type=int, default=0, help="draw index in the seed file")
     train.add_argument("--sources", nargs="+", default=[],
-                       help="zero-shot: the other datasets' folders to train on")
+                       help="zero-shot: the other datasets' folders (or names) to train on")
     train.add_argument("--source-split", default="test",
                        help="zero-shot: split of the sources to train on (official: test)")
     train.add_argument("--out", default="runs/latest", help="output folder")
@@ -87,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a labelled split with trained adapters",
                                    description="Evaluate a checkpoint on a BMAD-layout split.")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("root")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("root", help="dataset folder or a shipped set's name")
+    evaluate.add_argument("--split", help="default test (a shipped set's own)")
     evaluate.add_argument("--clip-checkpoint")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--zero-shot-only", action="store_true",
@@ -154,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time a batch-1 per-image loop like the official code's")
     bench.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     bench.add_argument("--protocol", choices=["paper", "corrected"], default="paper")
-    bench.add_argument("--no-amp", dest="amp", action="store_false")
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto")
     bench.add_argument("--out", default="bench.json")
     return parser
 
@@ -173,16 +178,20 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from .experiment import run_few_shot, run_zero_shot
     config = _config(args)
+    root = datasets.path(args.root)
+    support_split, test_split = datasets.splits(args.root)
+    support_split, test_split = args.support_split or support_split, args.test_split or test_split
     if args.setting == "few-shot":
-        run = run_few_shot(config, args.root, support_split=args.support_split,
-                           test_split=args.test_split, seed_file=args.seed_file,
+        run = run_few_shot(config, root, support_split=support_split,
+                           test_split=test_split, seed_file=args.seed_file,
                            iterate=args.iterate, out=args.out,
                            clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
     else:
         if not args.sources:
             raise ValueError("zero-shot training needs --sources: the other datasets' folders")
-        run = run_zero_shot(config, args.root, args.sources, source_split=args.source_split,
-                            test_split=args.test_split, out=args.out,
+        sources = [datasets.path(source) for source in args.sources]
+        run = run_zero_shot(config, root, sources, source_split=args.source_split,
+                            test_split=test_split, out=args.out,
                             clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
     _report(run.summary["weights"], run.metrics, args.out)
     return 0
@@ -197,7 +206,8 @@ def _evaluate(args) -> int:
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
                                         with_bank=not args.zero_shot_only)
     print(weights_banner(model))
-    test = ADDataset(args.root, args.split, model.config.image_size)
+    split = args.split or datasets.splits(args.root)[1]
+    test = ADDataset(datasets.path(args.root), split, model.config.image_size)
     text = model.text_features(object_name(test.name))
     scores = score_dataset(model, test, text, bank, description=f"testing {test.name}")
     metrics = compute_metrics(scores)
@@ -256,7 +266,8 @@ def _bench(args) -> int:
         epochs = 1
     config = MVFAConfig(model_name=args.model_name, pretrained="random",
                         image_size=args.image_size, device=args.device, shots=args.shots,
-                        epochs=epochs, protocol=args.protocol, amp=args.amp)
+                        epochs=epochs, protocol=args.protocol,
+                        precision=args.precision)
     result = run_benchmark(config, repeats=args.repeats, baseline=args.baseline,
                            compile=args.compile, **sizes)
     result["command"] = "mvfa-lite " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(

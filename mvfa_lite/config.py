@@ -27,6 +27,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from .runtime import PRECISIONS
+
 PROTOCOLS = ("paper", "corrected")
 
 
@@ -57,12 +59,14 @@ class MVFAConfig:
     normal_only: bool = False              # train on k normal shots only (issue #12)
     # --- execution ---------------------------------------------------------------------
     device: str = "auto"                   # "auto" = cuda when available, else cpu
-    amp: bool = True                       # bf16 autocast on CUDA (ignored on CPU)
+    precision: str = "auto"                # auto, fp32, bf16, fp16 (runtime.resolve_precision)
     memory_chunk: int = 4096               # test patches per nearest-neighbour matmul chunk
 
     overrides: dict = field(default_factory=dict)  # explicit per-quirk overrides (see below)
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if abs(sum(self.mix) - 1.0) > 1e-6:

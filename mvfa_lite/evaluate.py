@@ -51,7 +51,7 @@ class StemSet:
         loader = DataLoader(dataset, batch_size=batch_size,
                             num_workers=loader_workers(model.device))
         for batch in loader:
-            with autocast(model.device, model.config.amp):
+            with autocast(model.device, model.config.precision):
                 parts["stem"].append(model.stem(batch["image"]))
             for key in ("mask", "label", "path"):
                 parts[key].append(batch[key])
@@ -80,7 +80,7 @@ class StemSet:
 def build_memory_bank(model: MVFA, normal_images: torch.Tensor, batch_size: int = 32) -> MemoryBank:
     """Adapted features of normal images (M, 3, S, S): the few-shot branch's memory."""
     features = []
-    with autocast(model.device, model.config.amp):
+    with autocast(model.device, model.config.precision):
         for batch in normal_images.split(batch_size):
             features.append(model(batch.to(model.device)))
     return MemoryBank.from_features(features, model.config.bank_includes_cls)
@@ -109,7 +109,7 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
     paths = []
     for batch in tqdm(batches, desc=description, unit="batch",
                       disable=not show_progress(progress)):
-        with autocast(model.device, config.amp):
+        with autocast(model.device, config.precision):
             features = model(stem=batch["stem"]) if "stem" in batch else \
                 model(batch["image"].to(model.device, non_blocking=True))
         zero_map, zero_det = zero_shot(features, text, config.temperature, size)
@@ -149,7 +149,7 @@ def compute_metrics(scores: Scores) -> dict[str, float]:
     if not finite.all():
         raise MetricError(f"{int((~finite).sum())} of {len(finite)} image scores are non-finite "
                           "(NaN or inf): the model diverged. Retrain with a lower learning rate "
-                          "or without mixed precision (--no-amp).")
+                          "or in fp32 (--precision fp32).")
     masks = scores.masks.numpy() if scores.masks is not None else None
     return metrics.summarize(scores.labels.numpy(), scores.image_scores.numpy(),
                              masks, scores.maps.numpy() if masks is not None else None)

@@ -24,7 +24,7 @@ from .evaluate import Scores, build_memory_bank, compute_metrics, save_scores, s
 from .model import MVFA
 from .prompts import object_name
 from .results import write_json
-from .runtime import resolve_device, seed_everything
+from .runtime import resolve_device, resolve_precision, seed_everything
 from .train import TrainResult, normal_bank_images, shot_set, train_few_shot, train_zero_shot
 
 
@@ -138,6 +138,7 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bo
             save_adapters: bool, **facts) -> Run:
     metrics = compute_metrics(scores)
     summary = dict(facts, metrics=metrics, protocol=model.config.protocol,
+                   precision=resolve_precision(model.config.precision, model.device),
                    weights=weights_banner(model), backbone=model.identity,
                    best_epoch=result.best_epoch, history=result.history,
                    config=model.config.to_dict())

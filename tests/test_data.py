@@ -26,6 +26,7 @@ from mvfa_lite.data import (
     select_shots,
     split_off_shots,
 )
+from mvfa_lite import datasets
 from mvfa_lite.errors import DataError
 
 S = 32  # small image size keeps the tests fast
@@ -76,12 +77,12 @@ def raises_data_error(*fragments):
 # -- embedded real datasets ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "folder, has_masks",
-    [("busi", True), ("chestxray_kermany224", False), ("brainmri_navoneel", False)],
-)
-def test_embedded_sets_load(shared_data, folder, has_masks):
-    ds = ADDataset(shared_data / folder, "embedded", image_size=S)
+@pytest.mark.parametrize("folder, has_masks", [
+    ("chestxray_kermany224", False),
+    pytest.param("busi", True, marks=pytest.mark.shared),
+    pytest.param("brainmri_navoneel", False, marks=pytest.mark.shared)])
+def test_embedded_sets_load(folder, has_masks):
+    ds = ADDataset(datasets.path(folder), "embedded", image_size=S)
     assert ds.name == folder
     assert len(ds) == 40 and ds.num_normal == 20 and ds.num_abnormal == 20
     assert ds.has_masks == has_masks
@@ -104,13 +105,13 @@ def test_embedded_sets_load(shared_data, folder, has_masks):
         assert data["mask"].sum() == 0
 
 
-def test_getitem_dict_and_subset(shared_data):
-    ds = ADDataset(shared_data / "busi", "embedded", image_size=S)
+def test_getitem_dict_and_subset(synth_root):
+    ds = ADDataset(synth_root, "test", image_size=S)
     sample = ds[25]
     assert set(sample) == {"image", "mask", "label", "path"}
-    assert sample["label"] == 1 and sample["path"].endswith(".png")
+    assert sample["label"] == 1 and sample["path"].endswith(".png") and sample["mask"].sum() > 0
     part = ds.subset([0, 25])
-    assert len(part) == 2 and part.image_size == S and part.name == "busi"
+    assert len(part) == 2 and part.image_size == S and part.name == "chestxray_synthlesion"
     assert part.items == [ds.items[0], ds.items[25]]
     assert isinstance(part.items[0], Item)
     assert len(ds) == 40  # the original is untouched
@@ -405,8 +406,8 @@ def test_k_too_large_or_zero(six_by_six):
         select_shots(six_by_six, 0, seed=0)
 
 
-def test_split_off_shots(shared_data):
-    ds = ADDataset(shared_data / "busi", "embedded", image_size=S)
+def test_split_off_shots(chest_root):
+    ds = ADDataset(chest_root, "embedded", image_size=S)
     support, rest = split_off_shots(ds, 4, seed=0)
     assert support.num_normal == 4 and support.num_abnormal == 4
     assert len(rest) == 32

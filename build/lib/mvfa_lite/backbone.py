@@ -1,0 +1,207 @@
+"""The frozen CLIP backbone: loading any open_clip ViT, its weights, and a tapped forward.
+
+MVFA runs OpenAI's ViT-L/14@336 at 240 px, so the 24x24 grid of positional embeddings is
+resized (bicubic, antialiased) to 17x17; open_clip does exactly that when it is asked for
+``force_image_size=240``. Weights are resolved in this order and reported in every result:
+
+1. an explicit checkpoint file (argument, or the ``MVFA_CLIP_CHECKPOINT`` environment variable);
+2. open_clip's own download of the pretrained tag (needs internet);
+3. ``pretrained="random"``: random weights, for tests and speed benchmarks only. Anything
+   computed with them is flagged ``weights_random=True`` and is never a result.
+
+``model_name="tiny-random"`` is a 4-block ViT with random weights that runs the whole
+pipeline in seconds on a CPU.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import open_clip
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from .errors import WeightsError
+
+CHECKPOINT_ENV = "MVFA_CLIP_CHECKPOINT"
+TINY_MODEL = "tiny-random"
+# vision width 96 != joint width 64, so shape mistakes between the two cannot hide in tests
+TINY_CONFIG = dict(
+    embed_dim=64,
+    vision_cfg=dict(image_size=240, layers=4, width=96, head_width=32, patch_size=14),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
+)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def default_levels(layers: int) -> tuple[int, ...]:
+    """The four quarters of the depth: (6, 12, 18, 24) for 24 blocks, (3, 6, 9, 12) for 12."""
+    return tuple(sorted({max(1, round(layers * q / 4)) for q in (1, 2, 3, 4)}))
+
+
+class Backbone(nn.Module):
+    """A frozen open_clip CLIP whose vision tower can be run block by block.
+
+    Attributes: ``width`` (token width W), ``embed_dim`` (joint text-image width D),
+    ``grid`` (patches per side), ``layers`` (blocks), ``identity`` (what produced the weights).
+    """
+
+    def __init__(self, clip: nn.Module, tokenizer, identity: dict):
+        super().__init__()
+        visual = clip.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise WeightsError(
+                f"{identity['model_name']} has a {type(visual).__name__} image tower; mvfa-lite "
+                "needs an open_clip VisionTransformer (a ViT-* model without a timm tower).")
+        self.clip = clip.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.width = visual.transformer.width
+        self.layers = len(visual.transformer.resblocks)
+        self.embed_dim = visual.output_dim
+        self.grid = visual.grid_size[0]
+        mean = getattr(visual, "image_mean", None) or OPENAI_MEAN
+        std = getattr(visual, "image_std", None) or OPENAI_STD
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.clip.visual.transformer.resblocks
+
+    def embed(self, images: torch.Tensor, normalize: bool) -> torch.Tensor:
+        """Pixels (B, 3, S, S) in [0, 1] -> tokens (B, 1 + grid**2, W) entering block 1."""
+        visual = self.clip.visual
+        if normalize:
+            images = (images - self.pixel_mean) / self.pixel_std
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))   # (B, W, g, g)
+        x = x.flatten(2).transpose(1, 2)                         # (B, g*g, W)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + visual.positional_embedding.to(x.dtype)
+        return visual.ln_pre(x)
+
+    def run_blocks(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Tokens (B, T, W) through blocks start+1 .. end (1-indexed), batch-first SDPA."""
+        for block in self.blocks[start:end]:
+            x = _block_forward(block, x)
+        return x
+
+    @torch.no_grad()
+    def encode_text(self, sentences: list[str]) -> torch.Tensor:
+        """Sentences -> L2-normalised joint-space embeddings (T, D), float32."""
+        device = self.pixel_mean.device
+        tokens = self.tokenizer(sentences).to(device)
+        return nn.functional.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    def train(self, mode: bool = True):
+        return super().train(False)   # frozen: dropout and friends stay off
+
+
+def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One open_clip residual block with attention computed by ``scaled_dot_product_attention``
+    on batch-first, contiguous tensors. nn.MultiheadAttention transposes to (T, B, W) first,
+    which in bf16 on CPU hits a copy that is ~100x slower than the maths; SDPA also picks the
+    flash / memory-efficient kernels on GPU. Other block types run their own forward."""
+    attn = getattr(block, "attn", None)
+    if not isinstance(attn, nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
+        return block(x)
+    b, t, w = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)    # (B, T, 3W)
+    q, k, v = qkv.view(b, t, 3, heads, w // heads).permute(2, 0, 3, 1, 4)     # (B, H, T, W/H)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, w)
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
+                  image_size: int = 240, quick_gelu: bool | None = False,
+                  checkpoint: str | os.PathLike | None = None) -> Backbone:
+    """Build an open_clip ViT at ``image_size`` and load its weights (see module docstring).
+
+    ``quick_gelu``: False = nn.GELU (the official code's accident), True = QuickGELU,
+    None = whatever the pretrained tag was trained with (QuickGELU for OpenAI weights).
+    """
+    checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
+    if model_name == TINY_MODEL:
+        return _tiny_backbone(image_size)
+    if model_name not in open_clip.list_models():
+        raise WeightsError(f"unknown open_clip model {model_name!r}; see open_clip.list_models() "
+                           f"(for example ViT-B-16, ViT-L-14-336) or use {TINY_MODEL!r} for tests.")
+    if quick_gelu is None:
+        quick_gelu = bool(_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
+
+    def create(weights: str | None):
+        return open_clip.create_model(model_name, pretrained=weights, force_image_size=image_size,
+                                      force_quick_gelu=quick_gelu, device="cpu")
+
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"CLIP checkpoint {path} does not exist (from the checkpoint "
+                               f"argument or ${CHECKPOINT_ENV}); fix the path or unset it.")
+        weights = _state_dict_file(path)
+        clip, source = _create_or_explain(create, str(weights), model_name, pretrained), str(path)
+    elif pretrained == "random":
+        clip, source = create(None), "random"
+    else:
+        clip, source = _create_or_explain(create, pretrained, model_name, pretrained), \
+            f"open_clip:{pretrained}"
+    identity = dict(model_name=model_name, pretrained=pretrained, weights=source,
+                    weights_random=source == "random", image_size=image_size,
+                    quick_gelu=quick_gelu)
+    return Backbone(clip, open_clip.get_tokenizer(model_name), identity)
+
+
+def _state_dict_file(path: Path) -> Path:
+    """OpenAI's own files (e.g. ViT-L-14-336px.pt) are TorchScript archives, which recent
+    torch refuses to load as weights; their state dict is extracted once, next to the cache."""
+    if not zipfile.is_zipfile(path) or not any(
+            name.endswith("constants.pkl") for name in zipfile.ZipFile(path).namelist()):
+        return path                                    # a plain state dict
+    cache = Path(os.environ.get("MVFA_CACHE", Path.home() / ".cache" / "mvfa-lite"))
+    target = cache / f"{path.stem}-{path.stat().st_size}.state_dict.pt"
+    if not target.exists():
+        with warnings.catch_warnings():            # "torch.jit.load is deprecated"
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            state.pop(key, None)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, target.with_suffix(".tmp"))
+        target.with_suffix(".tmp").replace(target)
+    return target
+
+
+def _pretrained_cfg(model_name: str, tag: str) -> dict:
+    try:
+        return open_clip.get_pretrained_cfg(model_name, tag) or {}
+    except Exception:  # unknown tag: no information about the activation
+        return {}
+
+
+def _create_or_explain(create, weights: str, model_name: str, tag: str) -> nn.Module:
+    try:
+        return create(weights)
+    except Exception as error:  # network, missing file, wrong architecture: all end here
+        raise WeightsError(
+            f"could not load CLIP weights {weights!r} for {model_name} ({type(error).__name__}: "
+            f"{error}).\nTo use a file instead: download the weights on a machine with internet "
+            f"(for example python -c \"import open_clip; open_clip.create_model('{model_name}', "
+            f"pretrained='{tag}')\", then find the file in ~/.cache/huggingface), copy it here "
+            f"and pass --clip-checkpoint FILE or set ${CHECKPOINT_ENV}=FILE. For a smoke test "
+            f"without weights use --model {TINY_MODEL}.") from None
+
+
+def _tiny_backbone(image_size: int) -> Backbone:
+    config = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "image_size": image_size}}
+    with torch.random.fork_rng():            # the same random weights every time,
+        torch.manual_seed(0)                 # without touching the caller's random stream
+        clip = open_clip.model.CLIP(**config)
+    identity = dict(model_name=TINY_MODEL, pretrained="random", weights="random",
+                    weights_random=True, image_size=image_size, quick_gelu=False)
+    return Backbone(clip, open_clip.tokenizer.tokenize, identity)

@@ -1,0 +1,173 @@
+"""Scoring a test set: per-image scores and per-pixel maps, then the metrics.
+
+The model maths lives in branches.py; this module only loops over batches, gathers the
+results and applies the image-score rule of the chosen protocol:
+
+* ``"paper"`` (the official code): few-shot on a dataset with masks -> the max of the fused
+  seg map; few-shot without masks -> the fused det score; zero-shot -> the det score always.
+* ``"det"`` (corrected default): always the det score (fused with the few-shot det score
+  when a memory bank is given); the seg map is the pixel map.
+* ``"seg_max"``: always the max of the pixel map.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import metrics
+from .branches import MemoryBank, few_shot, fuse, min_max, zero_shot
+from .errors import MetricError
+from .model import MVFA
+from .runtime import autocast, loader_workers, show_progress
+
+IMAGE_SCORE_RULES = ("paper", "det", "seg_max")
+
+
+@dataclass
+class Scores:
+    paths: list[str]
+    labels: torch.Tensor              # (N,) 0 normal / 1 abnormal (-1 when unknown)
+    image_scores: torch.Tensor        # (N,) higher = more anomalous
+    maps: torch.Tensor                # (N, S, S) pixel anomaly map in [0, 1]
+    masks: torch.Tensor | None        # (N, S, S) ground truth, None without masks
+    branches: dict[str, torch.Tensor] = field(default_factory=dict)  # raw per-image scores
+
+
+class StemSet:
+    """A labelled set scored many times (model selection after every epoch): its stems, the
+    tokens after the first tapped block, depend on no trained weight, so they are computed
+    once and each re-scoring runs only the adapted part of the network."""
+
+    def __init__(self, model: MVFA, dataset, batch_size: int = 32):
+        self.name = getattr(dataset, "name", "")
+        self.has_masks = getattr(dataset, "has_masks", False)
+        parts: dict[str, list] = {"stem": [], "mask": [], "label": [], "path": []}
+        loader = DataLoader(dataset, batch_size=batch_size,
+                            num_workers=loader_workers(model.device))
+        for batch in loader:
+            with autocast(model.device, model.config.precision):
+                parts["stem"].append(model.stem(batch["image"]))
+            for key in ("mask", "label", "path"):
+                parts[key].append(batch[key])
+        self.stems = torch.cat(parts["stem"])                     # (N, T, W) on the device
+        self.masks, self.labels = torch.cat(parts["mask"]), torch.cat(parts["label"])
+        self.paths = [p for chunk in parts["path"] for p in chunk]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self), batch_size):
+            part = slice(start, start + batch_size)
+            yield {"stem": self.stems[part], "mask": self.masks[part],
+                   "label": self.labels[part], "path": self.paths[part]}
+
+    @staticmethod
+    def fits(model: MVFA, dataset, budget_gib: float = 4.0) -> bool:
+        """Whether the stems of ``dataset`` stay under ``budget_gib`` (bf16 on GPU)."""
+        b = model.backbone
+        bytes_per_value = 2 if model.device.type == "cuda" else 4
+        return len(dataset) * (1 + b.grid ** 2) * b.width * bytes_per_value < budget_gib * 2**30
+
+
+@torch.no_grad()
+def build_memory_bank(model: MVFA, normal_images: torch.Tensor, batch_size: int = 32) -> MemoryBank:
+    """Adapted features of normal images (M, 3, S, S): the few-shot branch's memory."""
+    features = []
+    with autocast(model.device, model.config.precision):
+        for batch in normal_images.split(batch_size):
+            features.append(model(batch.to(model.device)))
+    return MemoryBank.from_features(features, model.config.bank_includes_cls)
+
+
+@torch.no_grad()
+def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | None = None,
+                  has_masks: bool | None = None, batch_size: int = 32,
+                  num_workers: int | None = None, keep_raw_maps: bool = False,
+                  progress: bool = True, description: str = "scoring") -> Scores:
+    """Run both branches over ``dataset`` (items: dict with image, and label/mask if known).
+
+    ``Scores.branches`` holds each branch's raw image scores; with ``keep_raw_maps`` also its
+    raw maps (zero_map, few_map), e.g. to re-fuse with another beta without scoring again.
+    """
+    config, size = model.config, model.config.image_size
+    has_masks = getattr(dataset, "has_masks", False) if has_masks is None else has_masks
+    if isinstance(dataset, StemSet):
+        batches = dataset.batches(batch_size)
+    else:
+        workers = loader_workers(model.device) if num_workers is None else num_workers
+        batches = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                             pin_memory=model.device.type == "cuda")
+    gathered: dict[str, list] = {key: [] for key in
+                                 ("zero_map", "zero_det", "few_map", "few_det", "mask", "label")}
+    paths = []
+    for batch in tqdm(batches, desc=description, unit="batch",
+                      disable=not show_progress(progress)):
+        with autocast(model.device, config.precision):
+            features = model(stem=batch["stem"]) if "stem" in batch else \
+                model(batch["image"].to(model.device, non_blocking=True))
+        zero_map, zero_det = zero_shot(features, text, config.temperature, size)
+        gathered["zero_map"].append(zero_map.float().cpu())
+        gathered["zero_det"].append(zero_det.float().cpu())
+        if bank is not None:
+            few_map, few_det = few_shot(features, bank, size, config.memory_chunk)
+            gathered["few_map"].append(few_map.float().cpu())
+            gathered["few_det"].append(few_det.float().cpu())
+        gathered["label"].append(batch.get("label", torch.full((len(batch["path"]),), -1)))
+        if has_masks:
+            gathered["mask"].append(batch["mask"])
+        paths += list(batch["path"])
+    raw = {key: torch.cat(values) for key, values in gathered.items() if values}
+    image_scores, maps = _combine(raw, bank is not None, has_masks, config.image_score, config.beta)
+    kept = ("zero_det", "few_det") + (("zero_map", "few_map") if keep_raw_maps else ())
+    branches = {key: raw[key] for key in kept if key in raw}
+    return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches)
+
+
+def _combine(raw: dict, few: bool, has_masks: bool, rule: str, beta: float):
+    """Apply the image-score rule (module docstring) -> (image scores (N,), maps (N, S, S))."""
+    if rule not in IMAGE_SCORE_RULES:
+        raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
+    if few:
+        maps = fuse(raw["zero_map"], raw["few_map"], beta)
+        det = fuse(raw["zero_det"], raw["few_det"], beta)
+    else:
+        maps, det = min_max(raw["zero_map"]), raw["zero_det"]
+    use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
+    return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps
+
+
+def compute_metrics(scores: Scores) -> dict[str, float]:
+    """Image metrics always; pixel metrics when ground-truth masks exist."""
+    finite = torch.isfinite(scores.image_scores)
+    if not finite.all():
+        raise MetricError(f"{int((~finite).sum())} of {len(finite)} image scores are non-finite "
+                          "(NaN or inf): the model diverged. Retrain with a lower learning rate "
+                          "or in fp32 (--precision fp32).")
+    masks = scores.masks.numpy() if scores.masks is not None else None
+    return metrics.summarize(scores.labels.numpy(), scores.image_scores.numpy(),
+                             masks, scores.maps.numpy() if masks is not None else None)
+
+
+def save_scores(scores: Scores, folder: str | Path, maps: bool = False) -> Path:
+    """Write scores.csv (path, label, score, raw branch scores) and, optionally, maps.npz."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "scores.csv"
+    with open(target, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        per_image = {k: v for k, v in scores.branches.items() if v.dim() == 1}
+        writer.writerow(["path", "label", "score", *per_image])
+        for i, path in enumerate(scores.paths):
+            writer.writerow([path, int(scores.labels[i]), f"{float(scores.image_scores[i]):.6g}",
+                             *(f"{float(v[i]):.6g}" for v in per_image.values())])
+    if maps:
+        np.savez_compressed(folder / "maps.npz", maps=scores.maps.half().numpy(),
+                            paths=np.array(scores.paths))
+    return target

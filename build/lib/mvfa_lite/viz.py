@@ -1,0 +1,53 @@
+"""Pictures: anomaly heat maps laid over their images."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from PIL import Image
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45,
+            cmap: str = "jet") -> Image.Image:
+    """Image (3, S, S) in [0, 1] and a map (S, S) in [0, 1] -> RGB picture of the blend.
+
+    The map is not re-normalised per image: a normal image whose map stays low looks calm,
+    which is what a reader should see (per-image normalisation makes every image look red).
+    """
+    rgb = image.permute(1, 2, 0).clamp(0, 1).numpy()                   # (S, S, 3)
+    colour = colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3]         # (S, S, 3)
+    blend = (1 - alpha) * rgb + alpha * colour
+    return Image.fromarray((blend * 255).round().astype(np.uint8))
+
+
+def overlay_grid(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None,
+                 titles: list[str] | None = None, columns: int = 4, alpha: float = 0.45):
+    """A matplotlib figure of heat-map overlays (N images), with mask outlines if given."""
+    import matplotlib.pyplot as plt
+    n = len(images)
+    rows = (n + columns - 1) // columns
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ax in enumerate(axes.flat[:n]):
+        ax.imshow(overlay(images[i], maps[i], alpha))
+        if masks is not None and masks[i].any():
+            ax.contour(masks[i].numpy(), levels=[0.5], colors="white", linewidths=1.2)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def weights_notice(identity: dict):
+    """A visible banner for notebook outputs saying which weights produced the numbers."""
+    from IPython.display import HTML
+    name, weights = identity["model_name"], identity["weights"]
+    if identity.get("weights_random"):
+        return HTML(
+            '<div style="border-left:6px solid #d9534f;background:#fdf2f2;padding:8px 12px">'
+            f"<b>Random weights</b> ({name}): every number on this page tests the code and "
+            "says nothing about MVFA. Run with real CLIP weights (set <code>model_name</code>"
+            " and <code>pretrained</code>, see the parameters cell) for results.</div>")
+    return HTML('<div style="border-left:6px solid #5cb85c;background:#f2fbf2;padding:8px 12px">'
+                f"Backbone <b>{name}</b>, weights <code>{weights}</code>.</div>")
