@@ -27,12 +27,12 @@ def _training_notebook(path):
     body = nbformat.v4.new_code_cell(
         "import pathlib\n"
         "from mvfa_lite import preset, run_few_shot\n"
-        "from mvfa_lite.data import dataset_root\n"
+        "from mvfa_lite import datasets\n"
         "from mvfa_lite.results import save_result\n"
         "if fail_marker and pathlib.Path(fail_marker).exists() and seed == 1:\n"
         "    raise RuntimeError('made to fail')\n"
         "config = preset('fast-cpu', epochs=1, shots=shots, seed=seed, device='cpu')\n"
-        "run = run_few_shot(config, dataset_root(dataset), support_split='embedded',\n"
+        "run = run_few_shot(config, datasets.path(dataset), support_split='embedded',\n"
         "                   test_split='embedded', out=out_dir, save_adapters=False,\n"
         "                   progress=False)\n"
         "save_result(out_dir, {'metrics': run.metrics, 'parameters': {'seed': seed}})")
