@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(pip install 'mvfa-lite[slurm]'); ray: Ray tasks ('mvfa-lite[ray]')")
     cluster = sweep.add_argument_group("cluster resources per cell (override the grid "
                                        "file's resources:)")
-    cluster.add_argument("--gpus", type=int, help="default: slurm 0, ray 1 where GPUs exist")
+    cluster.add_argument("--gpus", type=int, help="without it or resources.gpus: slurm 0, ray 1 "
+                         "where GPUs exist")
     cluster.add_argument("--cpus", type=int)
     cluster.add_argument("--mem-gb", type=float)
     cluster.add_argument("--timeout-min", type=int, help="slurm: the job's time limit")

@@ -158,7 +158,7 @@ class RayExecutor:
                     yield ray.get(ready)
                 except Exception as error:  # the worker died, or Ray could not run it
                     yield CellResult(cell.name, failed=True, reason=_last_error(error),
-                                     log=str(cell.folder / "log.txt"))
+                                     log=str(cell.log))
         finally:
             if started:
                 ray.shutdown()

@@ -59,6 +59,10 @@ class Cell:
     inject: dict            # what papermill passes: existing paths absolute, plus out_dir
     kernel: str | None = None
 
+    @property
+    def log(self) -> Path:
+        return self.folder / LOG_FILE
+
 
 @dataclass
 class Grid:
@@ -192,7 +196,7 @@ def run_cell(cell: Cell, progress: bool = False) -> CellResult:
                                       "parameters": cell.parameters})
     partial = folder / ".partial.ipynb"
     try:
-        with open(folder / LOG_FILE, "w") as log:
+        with open(cell.log, "w") as log:
             papermill.execute_notebook(str(cell.notebook), str(partial),
                                        parameters=cell.inject, kernel_name=cell.kernel,
                                        progress_bar=progress, cwd=str(cell.notebook.parent),
@@ -206,7 +210,7 @@ def run_cell(cell: Cell, progress: bool = False) -> CellResult:
             partial.replace(folder / "failed.ipynb")
         reason = _reason(error)
         (folder / "error.txt").write_text(reason + "\n")
-        log = folder / ("failed.ipynb" if (folder / "failed.ipynb").exists() else LOG_FILE)
+        log = folder / "failed.ipynb" if (folder / "failed.ipynb").exists() else cell.log
         return CellResult(cell.name, failed=True, reason=reason, log=str(log))
 
 
