@@ -49,9 +49,8 @@ class Resources:
         for key, value in mapping.items():
             kind = cls.KINDS[key]
             if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-                raise MVFAError(f"{where}: resources.{key} must be "
-                                f"{'a mapping' if kind is dict else 'a number' if kind != str else 'text'}"
-                                f", not {value!r}.")
+                wanted = {dict: "a mapping", str: "text"}.get(kind, "a number")
+                raise MVFAError(f"{where}: resources.{key} must be {wanted}, not {value!r}.")
         return cls(**{key: value for key, value in mapping.items() if value is not None})
 
     def updated(self, **changes) -> Resources:

