@@ -118,7 +118,10 @@ def load_grid(path: str | Path) -> Grid:
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise MVFAError(f"grid file {path} is not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise MVFAError(f"grid file {path} is not valid YAML{where}: "
+                        f"{getattr(error, 'problem', None) or error}; fix that line.") from None
     where = f"grid file {path}"
     if not isinstance(spec, dict):
         raise MVFAError(f"{where} must be a mapping with notebook:, output:, parameters: and "
@@ -347,6 +350,8 @@ def _mapping(spec: dict, key: str, where: str) -> dict:
 
 
 def _kind(value) -> str:
+    if value == []:
+        return "an empty list"
     return {list: "a list", dict: "a mapping", type(None): "empty"}.get(type(value), repr(value))
 
 
