@@ -172,7 +172,7 @@ def test_grid_file_errors_name_the_file_and_the_fix(tmp_path, capsys):
         (head + "grid: [x, 1, 2]\n", "grid must be a mapping .* not a list"),
         (head + "grid: {x: 3}\n", r"grid.x must be a non-empty list of values, e.g. x: \[1, "),
         (head + "grid: {x: []}\n", "grid.x must be a non-empty list .* not an empty list"),
-        (head + "grid: {x: [1, 2}\n", r"is not valid YAML \(line 3, column 15\): .*; fix that"),
+        (head + "grid: {x: [1, 2}\n", r"is not valid YAML \(line 3, column 16\): .*; fix that"),
         (head + "parameters: {name: 2024-01-01}\n", "parameters.name: .*is a date; .*quote it"),
         (head + "parameters: {name: {1: a}}\n", "mapping key 1 must be text"),
         (head + "resources: {gpus: two}\n", "resources.gpus must be a number, not 'two'"),
