@@ -64,6 +64,10 @@ def _config(args) -> MVFAConfig:
     return MVFAConfig(**{**PRESETS[args.preset], **changes})
 
 
+ALLOW_OTHER_WEIGHTS = ("load the adapters even into other CLIP weights than they were trained "
+                       "with (a loud warning; the numbers then do not measure the trained model)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvfa-lite", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--zero-shot-only", action="store_true",
                           help="ignore the few-shot memory bank")
+    evaluate.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     evaluate.add_argument("--out", help="write metrics.json and scores.csv here")
     evaluate.add_argument("--save-maps", action="store_true")
 
@@ -112,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoint's dataset, e.g. 'Brain')")
     predict.add_argument("--clip-checkpoint")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     sweep = commands.add_parser("sweep", help="run a notebook over a parameter grid (papermill)",
                                 description="Execute a notebook for every cell of a YAML grid, "
                                 "here, on SLURM (submitit) or on Ray; finished cells (result.json "
@@ -202,10 +208,12 @@ def _evaluate(args) -> int:
     from .data import ADDataset
     from .evaluate import compute_metrics, save_scores, score_dataset
     from .experiment import load_trained, weights_banner
+    from .metrics import pixel_metrics_absent
     from .results import write_json
     from .prompts import object_name
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
-                                        with_bank=not args.zero_shot_only)
+                                        with_bank=not args.zero_shot_only,
+                                        allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
     split = args.split or datasets.splits(args.root)[1]
     test = ADDataset(datasets.path(args.root), split, model.config.image_size)
@@ -215,8 +223,10 @@ def _evaluate(args) -> int:
     if args.out:
         save_scores(scores, args.out, maps=args.save_maps)
         write_json(Path(args.out) / "metrics.json",
-                    dict(metrics=metrics, weights=weights_banner(model), dataset=test.name,
-                         checkpoint=str(args.checkpoint)))
+                    dict(metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
+                         weights=weights_banner(model), dataset=test.name,
+                         checkpoint=str(args.checkpoint),
+                         weights_warning=payload.get("weights_warning")))
     _report(weights_banner(model), metrics, args.out)
     return 0
 
@@ -227,7 +237,8 @@ def _predict(args) -> int:
     from .experiment import load_trained, weights_banner
     from .prompts import object_name
     from .viz import overlay
-    model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device)
+    model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
+                                        allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
     images = ImageFolder(args.images, model.config.image_size)
     text = model.text_features(args.object or object_name(payload.get("dataset", "")))

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_adapters, read_checkpoint, save_checkpoint
+from .checkpoint import check_normal_shots, load_adapters, read_checkpoint, save_checkpoint
 from .config import MVFAConfig
 from .data import ADDataset, image_to_tensor, load_image, select_shots, split_off_shots
-from .errors import DataError
+from .errors import CheckpointError, DataError
 from .evaluate import Scores, build_memory_bank, compute_metrics, save_scores, score_dataset
+from .metrics import pixel_metrics_absent
 from .model import MVFA
 from .prompts import object_name
 from .results import write_json
@@ -137,7 +138,8 @@ def _describe(selection, test) -> str:
 def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bool,
             save_adapters: bool, **facts) -> Run:
     metrics = compute_metrics(scores)
-    summary = dict(facts, metrics=metrics, protocol=model.config.protocol,
+    summary = dict(facts, metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
+                   protocol=model.config.protocol,
                    precision=resolve_precision(model.config.precision, model.device),
                    weights=weights_banner(model), backbone=model.identity,
                    best_epoch=result.best_epoch, history=result.history,
@@ -153,29 +155,33 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bo
     return Run(model, metrics, scores, result, summary)
 
 
-def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True):
+def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True,
+                 allow_other_weights: bool = False):
     """A trained model and its memory bank (rebuilt from the normal shots listed in the
-    checkpoint; None for zero-shot checkpoints or ``with_bank=False``).
+    checkpoint, refused when one has changed; None for zero-shot checkpoints or
+    ``with_bank=False``). Other CLIP weights than the checkpoint's are refused unless
+    ``allow_other_weights`` (then with a warning, see checkpoint.load_adapters).
 
     Returns (model, bank, checkpoint payload)."""
     payload = read_checkpoint(checkpoint)
-    config = MVFAConfig.from_dict({**payload["config"], "device": device})
+    try:
+        config = MVFAConfig.from_dict({**payload["config"], "device": device})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint} has an unusable config entry ({error}); "
+                              "it was damaged or edited. Retrain it with `mvfa-lite train`."
+                              ) from None
     model = build_model(config, clip_checkpoint)
-    load_adapters(model, checkpoint)
+    payload = load_adapters(model, checkpoint, allow_other_weights)
     model.eval()
     bank = None
-    if with_bank and payload.get("normal_shots"):
-        bank = build_memory_bank(model, _normal_shot_images(payload["normal_shots"], config))
+    if with_bank and payload["normal_shots"]:
+        shots = check_normal_shots(payload, checkpoint)
+        bank = build_memory_bank(model, _normal_shot_images(shots, config))
     return model, bank, payload
 
 
 def _normal_shot_images(paths: list[str], config: MVFAConfig) -> torch.Tensor:
     """The memory bank's images, reloaded from the checkpoint's list of normal shots."""
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"the checkpoint's normal shots are gone (first: {missing[0]}); the "
-                        "few-shot memory bank is built from them. Restore them, retrain, or "
-                        "use --zero-shot-only.")
     images = torch.stack([image_to_tensor(load_image(p), config.image_size) for p in paths])
     blank = torch.zeros(len(paths), config.image_size, config.image_size)
     return shot_set(images, blank, torch.zeros(len(paths)), config.augment).images
