@@ -136,13 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto")
     predict.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     sweep = commands.add_parser("sweep", help="run a notebook over a parameter grid (papermill)",
-                                description="Execute a notebook for every point of a YAML grid; "
-                                "finished runs (those with result.json) are skipped, so a killed "
-                                "sweep resumes where it stopped. Grid format: see "
+                                description="Execute a notebook for every cell of a YAML grid, "
+                                "here, on SLURM (submitit) or on Ray; finished cells (result.json "
+                                "written with the same parameters) are skipped, so a killed or "
+                                "re-submitted sweep resumes where it stopped. Grid format: see "
                                 "mvfa_lite/sweep.py or sweeps/*.yaml.")
     sweep.add_argument("grid", help="YAML grid file")
-    sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do")
+    sweep.add_argument("--dry-run", action="store_true", help="list the cells still to do")
     sweep.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
+    sweep.add_argument("--force", action="store_true", help="run again finished cells whose "
+                       "recorded parameters differ from the grid's (refused otherwise)")
+    sweep.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                       help="local: one cell after another here; slurm: a submitit job array "
+                       "(pip install 'mvfa-lite[slurm]'); ray: Ray tasks ('mvfa-lite[ray]')")
+    cluster = sweep.add_argument_group("cluster resources per cell (override the grid "
+                                       "file's resources:)")
+    cluster.add_argument("--gpus", type=int, help="without it or resources.gpus: slurm 0, ray 1 "
+                         "where GPUs exist")
+    cluster.add_argument("--cpus", type=int)
+    cluster.add_argument("--mem-gb", type=float)
+    cluster.add_argument("--timeout-min", type=int, help="slurm: the job's time limit")
+    cluster.add_argument("--partition", help="slurm partition")
+    cluster.add_argument("--submitit-cluster", choices=["slurm", "local"], default="slurm",
+                         help="local: run the submitit jobs as processes on this machine")
+    cluster.add_argument("--ray-address", help="auto, ray://head:10001, or none: $RAY_ADDRESS "
+                         "if set, else a Ray runtime started here for the sweep")
     bench = commands.add_parser("bench", help="speed of every stage on this device",
                                 description="Measure forward, training-step and scoring "
                                 "throughput, the end-to-end few-shot protocol and one zero-shot "
@@ -275,8 +293,13 @@ def _predict(args) -> int:
 
 def _sweep(args) -> int:
     from .sweep import run_sweep
-    outcome = run_sweep(args.grid, dry_run=args.dry_run, kernel=args.kernel)
-    return 1 if outcome["failed"] else 0
+    options = {"local": {}, "slurm": {"cluster": args.submitit_cluster},
+               "ray": {"address": args.ray_address}}[args.executor]
+    resources = dict(gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
+                     timeout_min=args.timeout_min, partition=args.partition)
+    report = run_sweep(args.grid, executor=args.executor, dry_run=args.dry_run,
+                       kernel=args.kernel, force=args.force, resources=resources, **options)
+    return 1 if report.failed else 0
 
 
 def _bench(args) -> int:
