@@ -14,11 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import PRESETS, MVFAConfig
+from .config import PRECISIONS, PRESETS, MVFAConfig
 from . import datasets
 from .errors import DataWarning, MVFAError
 from .prompts import PROMPT_SETS
-from .runtime import PRECISIONS
 
 
 def _at_least(low: int):

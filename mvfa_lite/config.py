@@ -30,8 +30,9 @@ import numbers
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .runtime import PRECISIONS
 
+#: the arithmetic of a run (runtime.resolve_precision says what "auto" becomes)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("paper", "corrected")
 
 

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import torch
 
+from .config import PRECISIONS
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
@@ -21,7 +23,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
