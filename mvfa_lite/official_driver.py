@@ -2,12 +2,14 @@
 
 ``compare-official`` starts this file as a script, in the Python of the program observed:
 
-    PYTHON official_driver.py --out RESULT.pt [--official] [--init-seed S ...] -- SCRIPT ARGS
+    PYTHON official_driver.py --out RESULT.pt [--official] [--count-flops] [--init-seed S ...]
+        -- SCRIPT ARGS
 
-It runs SCRIPT (a file, or ``-m module``) as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``,
-counting its arithmetic (flops.py, loaded by file path: the official environment has no
-mvfa-lite) and timing the functions named by ``--phases`` (cProfile), then saves a dict of
-tensors, lists and numbers (``torch.load(..., weights_only=True)`` reads it back).
+It runs SCRIPT as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``, optionally counting its
+arithmetic (flops.py, loaded by file path: the official environment has no mvfa-lite), then
+saves a dict of tensors, lists and numbers (``torch.load(..., weights_only=True)`` reads it).
+Counting slows a program down (every operation passes through Python), so the runs that are
+timed run without this driver.
 
 With ``--official`` the working directory is a staged copy of the official code, and the
 driver watches it through the names its scripts import, without changing a line of it:
@@ -19,6 +21,9 @@ driver watches it through the names its scripts import, without changing a line 
 * ``sklearn.metrics.roc_auc_score``: the scores the official test passes to its metric;
 * ``dataset.medical_few.MedDataset``: the test images in the official order.
 
+``--losses INPUTS`` also computes the official focal and dice losses (loss.py) on fixed
+inputs (a file with ``probs`` (B, 2, S, S) and ``masks`` (B, S, S)).
+
 ``--init-seed S`` first writes the official adapter initialisation under seed S (the official
 ``ClipAdapter`` class, in the official construction order) to ``--init-path``, where the
 official test script loads it from.
@@ -26,9 +31,7 @@ official test script loads it from.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import importlib.util
-import pstats
 import resource
 import runpy
 import sys
@@ -122,6 +125,13 @@ def _write_initialisation(seed: int, width: int, bottleneck: int, levels: int, p
     torch.save(banks, path)
 
 
+def _official_losses(path: str) -> dict:
+    from loss import BinaryDiceLoss, FocalLoss
+    inputs = torch.load(path, weights_only=True)
+    return {"focal": float(FocalLoss()(inputs["probs"], inputs["masks"])),
+            "dice": float(BinaryDiceLoss()(inputs["probs"][:, 1], inputs["masks"]))}
+
+
 def _load_flops_module():
     spec = importlib.util.spec_from_file_location("mvfa_flops", Path(__file__).with_name("flops.py"))
     module = importlib.util.module_from_spec(spec)
@@ -129,29 +139,17 @@ def _load_flops_module():
     return module
 
 
-def _phase_seconds(profile: cProfile.Profile, names: list[str]) -> dict:
-    """Cumulative seconds of each function named ``file.py:function`` (all its calls)."""
-    seconds = dict.fromkeys(names, 0.0)
-    for (filename, _, function), (_, _, _, cumulative, _) in pstats.Stats(profile).stats.items():
-        for name in names:
-            file, _, wanted = name.rpartition(":")
-            if function == wanted and filename.endswith(file):
-                seconds[name] += cumulative
-    return seconds
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--official", action="store_true")
     parser.add_argument("--count-flops", action="store_true")
-    parser.add_argument("--phases", nargs="*", default=[])
+    parser.add_argument("--losses")
     parser.add_argument("--init-seed", type=int)
     parser.add_argument("--init-path")
     parser.add_argument("--width", type=int)
     parser.add_argument("--bottleneck", type=int)
     parser.add_argument("--levels", type=int)
-    parser.add_argument("--module", action="store_true", help="SCRIPT is a module name (-m)")
     parser.add_argument("script")
     parser.add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args(argv)
@@ -164,25 +162,17 @@ def main(argv: list[str] | None = None) -> None:
     if options.official:
         _observe_official(record)
     counter = _load_flops_module().FlopCount() if options.count_flops else None
-    profile = cProfile.Profile() if options.phases else None
 
     sys.argv = [options.script, *[a for a in options.args if a != "--"]]
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     if counter is not None:
         counter.__enter__()
-    if profile is not None:
-        profile.enable()
     try:
-        if options.module:
-            runpy.run_module(options.script, run_name="__main__", alter_sys=True)
-        else:
-            runpy.run_path(options.script, run_name="__main__")
+        runpy.run_path(options.script, run_name="__main__")
     except SystemExit as stop:
         if stop.code not in (None, 0):
             raise
     finally:
-        if profile is not None:
-            profile.disable()
         if counter is not None:
             counter.__exit__(None, None, None)
     wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
@@ -191,14 +181,14 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "script_wall_s": wall, "script_cpu_s": cpu,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": str(torch.__version__),
         **{key: value for key, value in record.items() if key != "fingerprints"},
         "fingerprints": torch.cat(record["fingerprints"]) if record["fingerprints"] else None,
         "final": None if model is None else {"seg_adapters": _state(model.seg_adapters),
                                              "det_adapters": _state(model.det_adapters)},
         "flops": None if counter is None else {"forward": counter.forward,
                                                "backward": counter.backward},
-        "phases_s": _phase_seconds(profile, options.phases) if profile is not None else {},
+        "losses": _official_losses(options.losses) if options.losses else None,
     }
     torch.save(result, options.out)
 

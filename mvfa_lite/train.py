@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .config import MVFAConfig
 from .data import AUGMENTATIONS_PER_SHOT, augment_shots
 from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
