@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--speed-precision", choices=["fp32", "auto"], default="fp32",
                          help="mvfa-lite's precision in the timed run (the official code runs "
                          "fp32 on a CPU); auto = bf16 where measured faster")
-    compare.add_argument("--work-dir", help="where to stage (default: a temporary folder)")
-    compare.add_argument("--keep", action="store_true", help="keep the work folder")
+    compare.add_argument("--work-dir", help="a new or empty folder to stage in, kept "
+                         "(default: a temporary folder, removed at the end)")
+    compare.add_argument("--keep", action="store_true", help="keep the temporary folder")
     compare.add_argument("--out", default="compare-official.json")
     return parser
 

@@ -41,6 +41,7 @@ from PIL import Image
 
 from . import official_driver
 from .backbone import TINY_MODEL
+from .bench import gemm_peak
 from .config import MVFAConfig
 from .data import ADDataset, embedded_root, select_shots
 from .errors import MVFAError
@@ -346,15 +347,22 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
     if "Brain" in sets and not sets["Brain"].has_masks:
         raise MVFAError(f"the segmentation set {segmentation_data} has no Ungood/anomaly_mask "
                         "folder; give a set with masks.")
-    work = Path(work_dir or tempfile.mkdtemp(prefix="mvfa-compare-")).resolve()
-    work.mkdir(parents=True, exist_ok=True)
+    if work_dir is not None:                  # the user's folder: used if empty, then kept
+        work = Path(work_dir).expanduser().resolve()
+        if work.exists() and any(work.iterdir()):
+            raise MVFAError(f"the work folder {work} is not empty; give a new or empty one.")
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="mvfa-compare-"))
     try:
         return _Comparison(official_dir, official_python, sets, shots, model_name,
                            clip_checkpoint, init_seed, shot_seed, work, say).run(
                                parts, speed_precision)
     finally:
-        if not keep:
+        if work_dir is None and not keep:
             shutil.rmtree(work, ignore_errors=True)
+        else:
+            say(f"staged inputs, logs and outputs kept in {work}")
 
 
 class _Comparison:
@@ -538,27 +546,6 @@ def compare_losses(official: dict) -> dict:
 
 
 # --- speed ---------------------------------------------------------------------------------------
-def gemm_peak(size: int = 2048, repeats: int = 5) -> dict:
-    """This machine's matrix-multiply rate (GFLOP/s, all threads): best of ``repeats``
-    products of two size x size matrices, fp32 and (where bf16 is native) bf16."""
-    rates = {}
-    generator = torch.Generator().manual_seed(0)
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        if name == "bf16" and cpu_bf16_speedup() == 0:
-            continue
-        a = torch.randn(size, size, generator=generator).to(dtype)
-        b = torch.randn(size, size, generator=generator).to(dtype)
-        a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-        rates[name] = 2 * size ** 3 / best / 1e9
-    rates["threads"] = torch.get_num_threads()
-    return rates
-
-
 def speed_report(official: dict, ours: dict, peak: dict, precision: str, recipe: str) -> dict:
     """Seconds (timed runs) and FLOP (counted runs) of each program -> rates and ratios."""
     ours_dtype = "bf16" if precision == "auto" and cpu_bf16_speedup() >= 1.25 else "fp32"
