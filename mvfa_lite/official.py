@@ -45,13 +45,13 @@ from .bench import gemm_peak
 from .config import MVFAConfig
 from .data import ADDataset, embedded_root, select_shots
 from .errors import MVFAError
-from .evaluate import build_memory_bank, score_dataset
+from .evaluate import StemSet, build_memory_bank, score_dataset
 from .flops import FlopCount
 from .experiment import build_model, few_shot_data
 from .losses import dice_loss, focal_loss
 from .prompts import object_name
 from .runtime import cpu_bf16_speedup
-from .train import Source, ShotSet, fit, normal_bank_images, shot_set
+from .train import Source, ShotSet, compute_stems, fit, normal_bank_images, shot_set
 
 # pass marks (paper protocol, fp32)
 SCORE_PEARSON, AUROC_TOLERANCE = 0.999, 1e-3
@@ -65,7 +65,7 @@ CUDA_LINE = ".to('cuda')"
 OFFICIAL_PHASES = ("clip.py:create_model", "utils.py:encode_text_with_prompt_ensemble",
                    "utils.py:augment", "train_few.py:test", "train_few.py:main")
 OURS_PHASES = ("experiment.py:build_model", "model.py:text_features", "data.py:load_all",
-               "data.py:augment_shots", "train.py:_stems", "train.py:select", "train.py:fit",
+               "data.py:augment_shots", "train.py:compute_stems", "train.py:select", "train.py:fit",
                "experiment.py:run_few_shot")
 
 
@@ -148,16 +148,22 @@ def _stage_image(source: Path, target: Path) -> None:
 
 
 def write_clip_weights(model_name: str, path: Path, seed: int = 0) -> Path:
-    """A seeded random CLIP state dict: the same weights in both programs, never a result."""
+    """A seeded random CLIP state dict: the same weights in both programs, never a result.
+
+    The values are rounded to fp16 (stored as fp32): the official loader passes the weights
+    through fp16, as OpenAI's own checkpoints are, so only fp16 values reach both programs
+    unchanged. (The tiny test model is mvfa-lite's own, saved as it is.)"""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if model_name == TINY_MODEL:
             from .backbone import load_backbone
-            clip = load_backbone(TINY_MODEL).clip
-        else:
-            import open_clip
-            clip = open_clip.create_model(model_name, pretrained=None)
-    torch.save(clip.state_dict(), path)
+            torch.save(load_backbone(TINY_MODEL).clip.state_dict(), path)
+            return path
+        import open_clip
+        clip = open_clip.create_model(model_name, pretrained=None)
+    state = {name: value.half().float() if value.is_floating_point() else value
+             for name, value in clip.state_dict().items()}
+    torch.save(state, path)
     return path
 
 
@@ -224,7 +230,8 @@ def timed_run(command: list[str], *, cwd: Path, log: Path, phases=(), env=None) 
 def phase_seconds(profile: Path, names) -> dict:
     """Cumulative seconds of each function named ``file.py:function`` in a cProfile file."""
     seconds = dict.fromkeys(names, 0.0)
-    for (filename, _, function), (_, _, _, cumulative, _) in pstats.Stats(str(profile)).stats.items():
+    stats = pstats.Stats(str(profile)).stats
+    for (filename, _, function), (_, _, _, cumulative, _) in stats.items():
         for name in names:
             file, _, wanted = name.rpartition(":")
             if function == wanted and filename.endswith(file):
@@ -479,13 +486,15 @@ class _Comparison:
         banks_from_official(model, official["init"])
         ordered = ShotSet(shots.images[order], shots.masks[order], shots.labels[order])
         model._text_cache.clear()                   # count the text features too
-        with FlopCount() as count:
+        with FlopCount() as count:                  # the work of `mvfa-lite train`, as it does it
             text = model.text_features(object_name(test.name))
+            stems = compute_stems(model, ordered)
             trained = fit(model, [Source(test.name, ordered, text, test.has_masks)], epochs=1,
-                          lr=self.config.lr, batch_size=1, shuffle=False, progress=False)
+                          lr=self.config.lr, batch_size=1, shuffle=False, progress=False,
+                          stems=[stems])
             # the official epoch ends with its selection pass over the test set: the same here
-            bank = build_memory_bank(model, normal_bank_images(shots))
-            scores = score_dataset(model, test, text, bank, progress=False)
+            bank = build_memory_bank(model, stems=stems[ordered.labels == 0])
+            scores = score_dataset(model, StemSet(model, test), text, bank, progress=False)
         losses = agreement(official["step_losses"], trained.step_losses)
         after = compare_scores(_official_scores(official, test.has_masks),
                                official["test_paths"], scores, test.has_masks)
@@ -663,7 +672,8 @@ def _speed_lines(s: dict) -> list[str]:
             ("CPU seconds", f"{o['cpu_s']:.1f}", f"{ours['cpu_s']:.1f}", f"{r['cpu']:.2f}x"),
             ("GFLOP forward", f"{o['gflop_forward']:.0f}", f"{ours['gflop_forward']:.0f}", ""),
             ("GFLOP backward", f"{o['gflop_backward']:.0f}", f"{ours['gflop_backward']:.0f}", ""),
-            ("GFLOP total (work)", f"{o['gflop']:.0f}", f"{ours['gflop']:.0f}", f"{r['work']:.2f}x"),
+            ("GFLOP total (work)", f"{o['gflop']:.0f}", f"{ours['gflop']:.0f}",
+             f"{r['work']:.2f}x"),
             ("GFLOP/s (wall)", f"{o['gflop_per_s']:.1f}", f"{ours['gflop_per_s']:.1f}", ""),
             ("  of the GEMM peak", f"{o['fraction_of_peak']:.0%}",
              f"{ours['fraction_of_peak']:.0%}", ""),

@@ -133,7 +133,8 @@ def _official_losses(path: str) -> dict:
 
 
 def _load_flops_module():
-    spec = importlib.util.spec_from_file_location("mvfa_flops", Path(__file__).with_name("flops.py"))
+    path = Path(__file__).with_name("flops.py")
+    spec = importlib.util.spec_from_file_location("mvfa_flops", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

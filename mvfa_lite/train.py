@@ -74,12 +74,13 @@ SCHEDULES = ("epoch", "fifths")
 
 def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_size: int,
         select=None, schedule: str = "epoch", progress: bool = True, num_workers: int = 0,
-        cache_stems: bool = True, shuffle: bool = True) -> TrainResult:
+        cache_stems: bool = True, shuffle: bool = True, stems=None) -> TrainResult:
     """Train the adapter banks on ``sources``.
 
     ``select``: optional callable returning ``(score, scores)`` (higher score is better); it
     runs on the official ``schedule`` (above) and the best adapters are kept at the end.
     ``shuffle=False`` visits the images in their order (e.g. an order taken from elsewhere).
+    ``stems``: the sources' stems when already computed (one entry per source, or None).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -87,8 +88,9 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
     generator = seed_everything(config.seed)
     seg_optimizer = torch.optim.Adam(model.banks.seg.parameters(), lr=lr, betas=config.betas)
     det_optimizer = torch.optim.Adam(model.banks.det.parameters(), lr=lr, betas=config.betas)
-    stems = [_stems(model, s.data) if cache_stems and isinstance(s.data, ShotSet) else None
-             for s in sources]
+    stems = [given if given is not None else compute_stems(model, s.data)
+             if cache_stems and isinstance(s.data, ShotSet) else None
+             for s, given in zip(sources, stems or [None] * len(sources))]
     result, best_state, steps = TrainResult(), None, 0
     n_batches = sum(math.ceil(len(s.data) / batch_size) for s in sources)
     select_before = {j for j in range(n_batches) if j % max(1, n_batches // 5) == 0} \
@@ -146,7 +148,7 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
     return result
 
 
-def _stems(model: MVFA, data: ShotSet, chunk: int = 32) -> torch.Tensor:
+def compute_stems(model: MVFA, data: ShotSet, chunk: int = 32) -> torch.Tensor:
     """Stem tokens (N, T, W) of every image, computed once (no trained weight involved)."""
     with autocast(model.device, model.config.amp):
         return torch.cat([model.stem(images.to(model.device))
@@ -214,17 +216,18 @@ def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool =
     loaded = support.load_all(progress=False)
     shots = shot_set(loaded["image"], loaded["mask"], loaded["label"], config.augment)
     text = model.text_features(object_name(support.name))
+    stems = compute_stems(model, shots)     # for training, and for the bank of every selection
     select = None
     if selection_set is not None:
         selection_set = _cached(model, selection_set)
 
         def select():
-            bank = build_memory_bank(model, normal_bank_images(shots))
+            bank = build_memory_bank(model, stems=stems[shots.labels == 0])
             scores = score_dataset(model, selection_set, text, bank, progress=False)
             return selection_score(compute_metrics(scores)), scores
     source = Source(support.name, shots, text, support.has_masks)
     result = fit(model, [source], epochs=epochs or config.epochs, lr=config.lr,
-                 batch_size=config.batch_size, select=select, progress=progress)
+                 batch_size=config.batch_size, select=select, progress=progress, stems=[stems])
     return result, shots
 
 

@@ -39,7 +39,7 @@ def lesion_set(tmp_path_factory) -> Path:
         y, x = rng.integers(8, 40, 2)
         image[y:y + 16, x:x + 20], mask[y:y + 16, x:x + 20] = 230, 255
         Image.fromarray(image).save(root / "embedded" / "Ungood" / "img" / f"lesion_{i}.png")
-        Image.fromarray(mask).save(root / "embedded" / "Ungood" / "anomaly_mask" / f"lesion_{i}.png")
+        Image.fromarray(mask).save(root / "embedded/Ungood/anomaly_mask" / f"lesion_{i}.png")
     return root
 
 
