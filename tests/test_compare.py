@@ -156,3 +156,22 @@ def test_official_selection_schedules(tiny_model, schedule, calls, best_epoch, b
                  schedule=schedule, progress=False)
     assert len(seen) == calls and len(result.step_losses) == 20
     assert (result.best_epoch, result.best_step) == (best_epoch, best_step)
+
+
+def test_speed_shortcuts_change_nothing(tiny_model):
+    """mvfa-lite train cuts the text padding and builds the bank from cached stems: exact."""
+    from mvfa_lite.evaluate import build_memory_bank
+    from mvfa_lite.prompts import state_sentences
+    from mvfa_lite.train import compute_stems
+    backbone = tiny_model.backbone
+    sentences = state_sentences("Chest X-ray film")
+    tokens = backbone.tokenizer(sentences)
+    assert int(tokens.argmax(dim=-1).max()) < 30                    # of 77 positions
+    full = torch.nn.functional.normalize(backbone.clip.encode_text(tokens).float(), dim=-1)
+    torch.testing.assert_close(backbone.encode_text(sentences), full, atol=1e-6, rtol=0)
+    images = torch.rand(3, 3, 240, 240, generator=torch.Generator().manual_seed(0))
+    shots = ShotSet(images, torch.zeros(3, 240, 240), torch.zeros(3))
+    from_images = build_memory_bank(tiny_model, images)
+    from_stems = build_memory_bank(tiny_model, stems=compute_stems(tiny_model, shots))
+    for a, b in zip(from_images.seg + from_images.det, from_stems.seg + from_stems.det):
+        torch.testing.assert_close(a, b)
