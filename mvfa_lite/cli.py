@@ -1,4 +1,4 @@
-"""The ``mvfa-lite`` command: train, evaluate, predict, sweep, bench.
+"""The ``mvfa-lite`` command: train, evaluate, predict, sweep, bench, compare-official.
 
 Errors of the user's making (bad settings, folders, images, checkpoints, weights, output
 folders) are printed as one message that says what to fix, without a traceback; exit status
@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import PRECISIONS, PRESETS, MVFAConfig
+from .config import PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
 from . import datasets
 from .errors import DataWarning, MVFAError
 from .prompts import PROMPT_SETS
@@ -37,8 +37,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                        help="starting settings (default: paper); options below override them")
-    group.add_argument("--protocol", choices=["paper", "corrected"],
-                       help="paper = the official code's behaviour; corrected = its bugs fixed")
+    group.add_argument("--protocol", choices=list(PROTOCOLS),
+                       help="paper = the official run (batch 1); paper-b16 = the same at the "
+                       "paper's batch 16; corrected = the official code's bugs fixed")
     group.add_argument("--model", dest="model_name",
                        help="open_clip ViT name (default ViT-L-14-336; tiny-random for smoke tests)")
     group.add_argument("--pretrained", help="open_clip pretrained tag (default openai) or 'random'")
@@ -54,7 +55,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("training")
     for flag, kind, text in (
-            ("--epochs", int, "default 50"), ("--batch-size", int, "default 16"),
+            ("--epochs", int, "default 50"),
+            ("--batch-size", int, "default: the protocol's (paper 1, paper-b16 and corrected 16)"),
             ("--shots", int, "few-shot: k normal (+ k abnormal) images; default 4"),
             ("--seed", int, "default 111"), ("--lr", float, "few-shot learning rate (1e-3)"),
             ("--zero-shot-lr", float, "zero-shot learning rate (1e-4)"),
@@ -183,9 +185,42 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--baseline", action="store_true",
                        help="also time a batch-1 per-image loop like the official code's")
     bench.add_argument("--compile", action="store_true", help="torch.compile the blocks")
-    bench.add_argument("--protocol", choices=["paper", "corrected"], default="paper")
+    bench.add_argument("--protocol", choices=list(PROTOCOLS), default="paper")
     bench.add_argument("--precision", choices=PRECISIONS, default="auto")
     bench.add_argument("--out", default="bench.json")
+    compare = commands.add_parser(
+        "compare-official", help="run the official MVFA code beside mvfa-lite: scores, "
+        "training, speed", description="Run the official code (a checkout of "
+        "MediaBrain-SJTU/MVFA-AD, in its own Python) and mvfa-lite's paper protocol on the same "
+        "CLIP weights, adapter initialisation and data: scoring on a set with masks (as "
+        "'Brain') and one without (as 'Chest'), one training epoch at batch 1 in the official "
+        "data order, and the speed of that epoch in each program. Prints a table and PASS or "
+        "FAIL; writes a JSON report. The official code is copied and patched in a temporary "
+        "folder, never in place.")
+    compare.add_argument("official_dir", help="checkout of the official code")
+    compare.add_argument("--official-python", default=sys.executable,
+                         help="the Python that runs the official code (its venv, with kornia, "
+                         "ftfy, scikit-learn); default: this one")
+    compare.add_argument("--segmentation-data", help="set with masks, run as 'Brain' "
+                         "(a folder or a shipped set's name; default: chestxray_synthlesion)")
+    compare.add_argument("--classification-data", help="set without masks, run as 'Chest' "
+                         "(default: the shipped chest X-rays)")
+    compare.add_argument("--split", help="the split of both sets to use (default: each set's "
+                         "test split)")
+    compare.add_argument("--shots", type=int, default=4)
+    compare.add_argument("--model", dest="model_name", default="ViT-L-14-336",
+                         help="the official code runs ViT-L-14-336 only")
+    compare.add_argument("--clip-checkpoint", help="real CLIP weights (default: seeded random)")
+    compare.add_argument("--parts", nargs="+", choices=["scoring", "training", "speed"],
+                         default=["scoring", "training", "speed"],
+                         help="what to compare (speed needs training); default: all")
+    compare.add_argument("--speed-precision", choices=["fp32", "auto"], default="fp32",
+                         help="mvfa-lite's precision in the timed run (the official code runs "
+                         "fp32 on a CPU); auto = bf16 where measured faster")
+    compare.add_argument("--work-dir", help="a new or empty folder to stage in, kept "
+                         "(default: a temporary folder, removed at the end)")
+    compare.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    compare.add_argument("--out", default="compare-official.json")
     return parser
 
 
@@ -200,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         commands = {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                    "sweep": _sweep, "bench": _bench}
+                    "sweep": _sweep, "bench": _bench,
+                    "compare-official": _compare_official}
         with warnings.catch_warnings():
             warnings.simplefilter("always", DataWarning)
             warnings.showwarning = one_line
@@ -322,6 +358,27 @@ def _bench(args) -> int:
     print(format_table(result))
     print(f"written to {args.out}")
     return 0
+
+
+def _compare_official(args) -> int:
+    from .official import compare_official, default_datasets, format_report
+    from .results import write_json
+    defaults = default_datasets()
+    data = {name: datasets.path(given) if given else defaults[name] for name, given in
+            (("segmentation_data", args.segmentation_data),
+             ("classification_data", args.classification_data))}
+    report = compare_official(args.official_dir, official_python=args.official_python,
+                              split=args.split, shots=args.shots, model_name=args.model_name,
+                              clip_checkpoint=args.clip_checkpoint,
+                              parts=args.parts, speed_precision=args.speed_precision,
+                              work_dir=args.work_dir,
+                              keep=args.keep, **data)
+    report["command"] = "mvfa-lite compare-official " + " ".join(sys.argv[2:]) \
+        if len(sys.argv) > 1 and sys.argv[1] == "compare-official" else None
+    write_json(args.out, report)
+    print(format_report(report))
+    print(f"written to {args.out}")
+    return 0 if report["passed"] else 1
 
 
 def _report(weights: str, metrics: dict, out) -> None:

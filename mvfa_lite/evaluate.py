@@ -77,12 +77,16 @@ class StemSet:
 
 
 @torch.no_grad()
-def build_memory_bank(model: MVFA, normal_images: torch.Tensor, batch_size: int = 32) -> MemoryBank:
-    """Adapted features of normal images (M, 3, S, S): the few-shot branch's memory."""
+def build_memory_bank(model: MVFA, normal_images: torch.Tensor | None = None,
+                      batch_size: int = 32, *, stems: torch.Tensor | None = None) -> MemoryBank:
+    """Adapted features of normal images (M, 3, S, S), or of their cached ``stems``
+    (M, T, W): the few-shot branch's memory."""
     features = []
     with autocast(model.device, model.config.precision):
-        for batch in normal_images.split(batch_size):
-            features.append(model(batch.to(model.device)))
+        if stems is not None:
+            features = [model(stem=batch) for batch in stems.split(batch_size)]
+        else:
+            features = [model(batch.to(model.device)) for batch in normal_images.split(batch_size)]
     return MemoryBank.from_features(features, model.config.bank_includes_cls)
 
 

@@ -115,9 +115,12 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
     started = time.perf_counter()
     result, shots = train_few_shot(model, support, selection_set=selection, progress=progress)
     train_seconds = time.perf_counter() - started
-    bank = build_memory_bank(model, normal_bank_images(shots))
-    scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
-                           progress=progress, description=f"testing {test.name}")
+    if selection is test and result.best_scores is not None:
+        scores = result.best_scores          # the test scores of the kept adapters, as selected
+    else:
+        bank = build_memory_bank(model, normal_bank_images(shots))
+        scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
+                               progress=progress, description=f"testing {test.name}")
     run = _finish(model, scores, result, output, save_maps, save_adapters, setting="few-shot",
                   dataset=test.name,
                   normal_shots=[item.image_path.resolve().as_posix() for item in support.items
@@ -150,8 +153,11 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
     result = train_zero_shot(model, sources, target_name=test.name, selection_set=selection,
                              progress=progress)
     train_seconds = time.perf_counter() - started
-    scores = score_dataset(model, test, model.text_features(object_name(test.name)),
-                           progress=progress, description=f"testing {test.name}")
+    if selection is test and result.best_scores is not None:
+        scores = result.best_scores          # the test scores of the kept adapters, as selected
+    else:
+        scores = score_dataset(model, test, model.text_features(object_name(test.name)),
+                               progress=progress, description=f"testing {test.name}")
     return _finish(model, scores, result, output, save_maps, save_adapters, setting="zero-shot",
                    dataset=test.name, sources=[s.name for s in sources],
                    selection=_describe(selection, test), train_seconds=train_seconds)
