@@ -19,7 +19,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_MARK = "# Set-up (Colab, or a Python without mvfa-lite)"
-SETUP = '''{mark}: install mvfa-lite once; re-running is harmless.
+SETUP = '''{mark}: install mvfa-lite once;
+# re-running is harmless.
 import importlib
 import importlib.util
 import pathlib
@@ -30,7 +31,8 @@ REPOSITORY = "{url}"  # from _config.yml
 if importlib.util.find_spec("mvfa_lite") is None:
     here = pathlib.Path.cwd()
     clone = next((p for p in (here, *here.parents) if (p / "mvfa_lite").is_dir()), None)
-    source = f"{{clone}}[notebooks]" if clone else f"mvfa-lite[notebooks] @ git+{{REPOSITORY}}"
+    source = (f"{{clone}}[notebooks]" if clone
+              else f"mvfa-lite[notebooks] @ git+{{REPOSITORY}}")
     pip = [sys.executable, "-m", "pip", "install", "-q", source]
     subprocess.run(pip, check=True)
     importlib.invalidate_caches()
