@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .config import MVFAConfig
-from .data import AUGMENTATIONS_PER_SHOT, augment_shots
-from .evaluate import StemSet, build_memory_bank, compute_metrics, score_dataset
+from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
 from .model import MVFA
 from .prompts import object_name
 from .runtime import autocast, grad_scaler, seed_everything, show_progress
+from .shots import AUGMENTATIONS_PER_SHOT, augment_shots
 
 
 class ShotSet(Dataset):
@@ -53,8 +53,11 @@ class Source:
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)   # one entry per epoch
+    step_losses: list[float] = field(default_factory=list)  # the loss of every batch
     best_epoch: int | None = None                        # None: no selection, last epoch kept
+    best_step: int | None = None                         # optimiser steps before the selection
     best_score: float | None = None
+    best_scores: Scores | None = None                    # the selection set's, when kept
 
 
 def selection_score(metrics: dict) -> float:
@@ -62,33 +65,58 @@ def selection_score(metrics: dict) -> float:
     return metrics["image_auroc"] + metrics.get("pixel_auroc", 0.0)
 
 
+# When ``select`` runs, as the official scripts do (MVFA_SPEC 5.1, 5.2):
+#   "epoch":  after every epoch; a later epoch must score higher (train_few.py: >)
+#   "fifths": before batches 0, n//5, 2n//5, ... of every epoch (n batches per epoch), so the
+#             untrained adapters compete and the last batches of the run never do; a later
+#             selection wins ties (train_zero.py: >=)
+SCHEDULES = ("epoch", "fifths")
+
+
 def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_size: int,
-        select=None, selections_per_epoch: int = 1, progress: bool = True,
-        num_workers: int = 0, cache_stems: bool = True) -> TrainResult:
+        select=None, schedule: str = "epoch", progress: bool = True, num_workers: int = 0,
+        cache_stems: bool = True, shuffle: bool = True, stems=None) -> TrainResult:
     """Train the adapter banks on ``sources``.
 
-    ``select``: optional callable returning a score (higher is better); it is called
-    ``selections_per_epoch`` times per epoch and the best adapters are kept at the end.
+    ``select``: optional callable returning ``(score, scores)`` (higher score is better); it
+    runs on the official ``schedule`` (above) and the best adapters are kept at the end.
+    ``shuffle=False`` visits the images in their order (e.g. an order taken from elsewhere).
+    ``stems``: the sources' stems when already computed (one entry per source, or None).
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     config, device = model.config, model.device
     generator = seed_everything(config.seed)
     seg_optimizer = torch.optim.Adam(model.banks.seg.parameters(), lr=lr, betas=config.betas)
     det_optimizer = torch.optim.Adam(model.banks.det.parameters(), lr=lr, betas=config.betas)
     scaler = grad_scaler(device, config.precision)   # loss scaling for fp16, else a no-op
-    stems = [_stems(model, s.data, batch_size) if cache_stems and isinstance(s.data, ShotSet)
-             else None for s in sources]
-    result, best_state = TrainResult(), None
+    stems = [given if given is not None else compute_stems(model, s.data)
+             if cache_stems and isinstance(s.data, ShotSet) else None
+             for s, given in zip(sources, stems or [None] * len(sources))]
+    result, best_state, steps = TrainResult(), None, 0
     n_batches = sum(math.ceil(len(s.data) / batch_size) for s in sources)
-    # the batches after which the selection set is scored: evenly spread over the epoch
-    select_after = {round(n_batches * (i + 1) / selections_per_epoch) - 1
-                    for i in range(selections_per_epoch)}
+    select_before = {j for j in range(n_batches) if j % max(1, n_batches // 5) == 0} \
+        if schedule == "fifths" else set()
+
+    def run_selection(epoch: int) -> None:
+        nonlocal best_state
+        score, scores = select()
+        model.banks.train()
+        best = result.best_score
+        if best is None or score > best or (schedule == "fifths" and score == best):
+            result.best_score, result.best_epoch, result.best_step = score, epoch + 1, steps
+            result.best_scores = scores
+            best_state = copy.deepcopy(model.banks.state_dict())
+
     bar = tqdm(total=epochs * n_batches, desc="training", unit="batch",
                disable=not show_progress(progress))
     model.banks.train()
     for epoch in range(epochs):
-        totals, seen = {}, 0
+        totals, seen, losses = {}, 0, []
         for step, (k, batch) in enumerate(_batches(sources, stems, batch_size, generator,
-                                                   num_workers)):
+                                                   num_workers, shuffle)):
+            if select is not None and step in select_before:
+                run_selection(epoch)
             source = sources[k]
             masks = batch["mask"].to(device, non_blocking=True).float()
             labels = batch["label"].to(device, non_blocking=True)
@@ -104,16 +132,15 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
             if source.has_masks:
                 scaler.step(seg_optimizer)
             scaler.update()
+            steps += 1
+            losses.append(loss.detach())
             for name, value in {"loss": loss.detach(), **parts}.items():
                 totals[name] = totals.get(name, 0) + value * len(labels)
             seen += len(labels)
             bar.update()
-            if select is not None and step in select_after:
-                score = select()
-                model.banks.train()
-                if result.best_score is None or score >= result.best_score:
-                    result.best_score, result.best_epoch = score, epoch + 1
-                    best_state = copy.deepcopy(model.banks.state_dict())
+        if select is not None and schedule == "epoch":
+            run_selection(epoch)
+        result.step_losses += torch.stack(losses).float().tolist()
         result.history.append({"epoch": epoch + 1,
                                **{name: float(total) / seen for name, total in totals.items()}})
         bar.set_postfix(loss=f"{result.history[-1]['loss']:.4f}")
@@ -124,21 +151,24 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
     return result
 
 
-def _stems(model: MVFA, data: ShotSet, batch_size: int) -> torch.Tensor:
+def compute_stems(model: MVFA, data: ShotSet, chunk: int = 32) -> torch.Tensor:
     """Stem tokens (N, T, W) of every image, computed once (no trained weight involved)."""
     with autocast(model.device, model.config.precision):
         return torch.cat([model.stem(images.to(model.device))
-                          for images in data.images.split(batch_size)])
+                          for images in data.images.split(chunk)])
 
 
-def _batches(sources, stems, batch_size, generator, num_workers):
+def _batches(sources, stems, batch_size, generator, num_workers, shuffle=True):
     """Yield (source index, batch dict) for one epoch: each source shuffled and cut into
-    batches, the batches of all sources visited in one shuffled order."""
+    batches, the batches of all sources visited in one shuffled order (``shuffle=False``:
+    the sources one after the other, each in its own order)."""
     plan = []
     for k, source in enumerate(sources):
-        order = torch.randperm(len(source.data), generator=generator)
+        order = torch.randperm(len(source.data), generator=generator) if shuffle \
+            else torch.arange(len(source.data))
         plan += [(k, chunk) for chunk in order.split(batch_size)]
-    plan = [plan[i] for i in torch.randperm(len(plan), generator=generator)]
+    if shuffle:
+        plan = [plan[i] for i in torch.randperm(len(plan), generator=generator)]
     loaders = [None if stems[k] is not None or isinstance(s.data, ShotSet)
                else iter(DataLoader(s.data, num_workers=num_workers,
                                     batch_sampler=[c.tolist() for j, c in plan if j == k]))
@@ -181,24 +211,26 @@ def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool =
     """Few-shot protocol: adapt on k normal (+ k abnormal) shots of one dataset.
 
     ``selection_set``: evaluated after every epoch (with a memory bank rebuilt from the
-    normal shots) to keep the best epoch; the paper protocol passes the test set here.
+    normal shots) to keep the best epoch; the paper protocol passes the test set here, and
+    ``result.best_scores`` then holds the test scores of the kept adapters.
     Returns the training result and the shot set (whose normal images make the bank).
     """
     config = model.config
     loaded = support.load_all(progress=False)
     shots = shot_set(loaded["image"], loaded["mask"], loaded["label"], config.augment)
     text = model.text_features(object_name(support.name))
+    stems = compute_stems(model, shots)     # for training, and for the bank of every selection
     select = None
     if selection_set is not None:
         selection_set = _cached(model, selection_set)
 
         def select():
-            bank = build_memory_bank(model, normal_bank_images(shots))
+            bank = build_memory_bank(model, stems=stems[shots.labels == 0])
             scores = score_dataset(model, selection_set, text, bank, progress=False)
-            return selection_score(compute_metrics(scores))
+            return selection_score(compute_metrics(scores)), scores
     source = Source(support.name, shots, text, support.has_masks)
     result = fit(model, [source], epochs=epochs or config.epochs, lr=config.lr,
-                 batch_size=config.batch_size, select=select, progress=progress)
+                 batch_size=config.batch_size, select=select, progress=progress, stems=[stems])
     return result, shots
 
 
@@ -208,7 +240,8 @@ def train_zero_shot(model: MVFA, sources: list, *, target_name: str | None = Non
     """Leave-one-dataset-out protocol: adapt on other datasets, each with its own text.
 
     ``sources``: datasets (for BMAD, the other five datasets' test splits). The selection
-    set (the target's test set in the paper protocol) is scored 5 times per epoch.
+    set (the target's test set in the paper protocol) is scored 5 times per epoch, on the
+    official schedule ("fifths" above).
     """
     config = model.config
     train_sources = [Source(d.name, d, model.text_features(object_name(d.name)), d.has_masks)
@@ -220,7 +253,7 @@ def train_zero_shot(model: MVFA, sources: list, *, target_name: str | None = Non
 
         def select():
             scores = score_dataset(model, selection_set, text, progress=False)
-            return selection_score(compute_metrics(scores))
+            return selection_score(compute_metrics(scores)), scores
     return fit(model, train_sources, epochs=epochs or config.epochs, lr=config.zero_shot_lr,
-               batch_size=config.batch_size, select=select, selections_per_epoch=5,
+               batch_size=config.batch_size, select=select, schedule="fifths",
                progress=progress, num_workers=num_workers)

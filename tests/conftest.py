@@ -17,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")       # a missing download fails at
 from mvfa_lite import datasets  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+# a stand-in of the official code's scripts for test_compare.py; its test_few.py is no test
+collect_ignore = ["official_standin"]
 SHARED_MISSING = (f"needs the extra real sets busi/ and brainmri_navoneel/ in "
                   f"{datasets.extra_dir()} (not shipped: their licences do not allow it); "
                   "set MVFA_SHARED_DATA to run these cases")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,16 @@ def test_notebooks_take_the_repository_from_config():
 
 def test_quickstart_runs_from_an_installed_wheel_outside_the_repo(tmp_path):
     wheels, site, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "work"
+    source = tmp_path / "source"        # a copy, so that the build leaves the checkout alone
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "mvfa_lite", "data"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, source / name)
     pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO],
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source],
                    check=True, capture_output=True)
     subprocess.run([*pip, "install", "--no-deps", "--target", site, *wheels.glob("*.whl")],
                    check=True, capture_output=True)

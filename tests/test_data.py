@@ -1,4 +1,5 @@
-"""Tests of mvfa_lite.data: loading, bad inputs, few-shot selection and augmentation."""
+"""Tests of mvfa_lite.data, .images and .shots: loading, bad inputs, few-shot selection and
+augmentation."""
 
 from __future__ import annotations
 
@@ -10,23 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mvfa_lite.data import (
-    AUGMENTATIONS_PER_SHOT,
-    BMAD_KEYS,
-    ADDataset,
-    ImageFolder,
-    Item,
-    augment_shots,
-    bmad_root,
-    image_to_tensor,
-    load_image,
-    load_mask,
-    mask_to_tensor,
-    read_seed_file,
-    select_shots,
-    split_off_shots,
-)
 from mvfa_lite import datasets
+from mvfa_lite.data import BMAD_KEYS, ADDataset, ImageFolder, Item, bmad_root
+from mvfa_lite.images import image_to_tensor, load_image, load_mask, mask_to_tensor
+from mvfa_lite.shots import (AUGMENTATIONS_PER_SHOT, augment_shots, read_seed_file, select_shots,
+                             split_off_shots)
 from mvfa_lite.errors import DataError
 
 S = 32  # small image size keeps the tests fast
@@ -107,6 +96,7 @@ def test_embedded_sets_load(folder, has_masks):
 
 def test_getitem_dict_and_subset(synth_root):
     ds = ADDataset(synth_root, "test", image_size=S)
+    size = len(ds)
     sample = ds[25]
     assert set(sample) == {"image", "mask", "label", "path"}
     assert sample["label"] == 1 and sample["path"].endswith(".png") and sample["mask"].sum() > 0
@@ -114,7 +104,7 @@ def test_getitem_dict_and_subset(synth_root):
     assert len(part) == 2 and part.image_size == S and part.name == "chestxray_synthlesion"
     assert part.items == [ds.items[0], ds.items[25]]
     assert isinstance(part.items[0], Item)
-    assert len(ds) == 40  # the original is untouched
+    assert len(ds) == size == 48  # the original is untouched
 
 
 def test_name_strips_ad_suffix(tmp_path):
@@ -222,17 +212,23 @@ def test_large_non_square_image(tmp_path):
     assert torch.allclose(tensor[:, S // 2, S // 2], torch.tensor([10, 200, 30]) / 255, atol=0.02)
 
 
-def test_mask_binarised():
-    values = np.array([[0, 1], [128, 255]], dtype=np.uint8)
+def test_mask_binarised_at_half_the_8bit_range():
+    values = np.array([[0, 127], [128, 255]], dtype=np.uint8)
     tensor = mask_to_tensor(Image.fromarray(values), 2)
-    assert torch.equal(tensor, torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    assert torch.equal(tensor, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
 
 
-def test_load_mask_any_nonzero_is_foreground(tmp_path):
-    path = tmp_path / "m.png"
-    Image.fromarray(np.array([[0, 3], [0, 0]], dtype=np.uint8)).save(path)
+@pytest.mark.parametrize("values, foreground", [
+    (np.array([[1, 1], [255, 1]], dtype=np.uint8), [[0, 0], [255, 0]]),   # background 1
+    (np.array([[0, 3], [200, 0]], dtype=np.uint8), [[0, 0], [255, 0]]),   # faint noise
+    (np.array([[0, 255], [32768, 65535]], dtype=np.uint16), [[0, 0], [255, 255]]),
+    (np.array([[0.0, 0.4], [0.6, 1.0]], dtype=np.float32), [[0, 0], [255, 255]]),
+])
+def test_load_mask_thresholds_at_half_the_value_range(tmp_path, values, foreground):
+    path = tmp_path / ("m.tif" if values.dtype == np.float32 else "m.png")
+    Image.fromarray(values).save(path)
     mask = load_mask(path, (2, 2))
-    assert mask.mode == "L" and np.asarray(mask).tolist() == [[0, 255], [0, 0]]
+    assert mask.mode == "L" and np.asarray(mask).tolist() == foreground
 
 
 def test_image_folder(tmp_path):

@@ -10,12 +10,13 @@ import torch
 from mvfa_lite import datasets
 from mvfa_lite.checkpoint import load_adapters, save_checkpoint
 from mvfa_lite.cli import main
-from mvfa_lite.data import ADDataset, split_off_shots
+from mvfa_lite.data import ADDataset
 from mvfa_lite.errors import CheckpointError, MetricError
 from mvfa_lite.evaluate import Scores, compute_metrics, score_dataset
 from mvfa_lite.experiment import load_trained, run_few_shot, run_zero_shot
 from mvfa_lite.model import MVFA
 from mvfa_lite.prompts import object_name
+from mvfa_lite.shots import split_off_shots
 from mvfa_lite.train import Source, ShotSet, fit, train_few_shot
 
 

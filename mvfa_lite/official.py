@@ -1,0 +1,712 @@
+"""``mvfa-lite compare-official``: mvfa-lite and the official MVFA code, side by side.
+
+Both programs get the same inputs: one CLIP state dict (a seeded random ViT-L/14@336 unless
+real weights are given), the official adapter initialisation, and datasets staged in the
+official layout with their seed files. Then, on each program:
+
+1. scoring, once per protocol (a set with masks run as 'Brain': segmentation; one without as
+   'Chest': classification): the official test script with the initial adapters against
+   mvfa-lite's paper protocol: image and pixel scores, AUROC, text features, and the focal
+   and dice losses on fixed inputs;
+2. training: one official epoch (batch 1, its own shuffled order and initialisation) against
+   mvfa-lite's loop fed the same initialisation and the same order: the loss of every step
+   and the adapters after the epoch;
+3. speed: the official training script and ``mvfa-lite train`` doing the same epoch (88
+   steps at k = 4, then a test pass to select the epoch), each in its own process: wall and
+   CPU seconds, the arithmetic done (FLOP, forward and backward) and the rate it ran at
+   against this machine's matrix-multiply peak, measured in the same run.
+
+The official code is never changed in place. A temporary copy is staged; in that copy its one
+hard-wired ``.to('cuda')`` (CLIP/adapter.py) becomes ``.to(x.device)`` so that it runs on a
+CPU. It runs in its own Python (``official_python``: torch, kornia, ftfy, scikit-learn, ...),
+under ``official_driver.py``, which observes it through the names its scripts import.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from PIL import Image
+
+from . import official_driver
+from .backbone import TINY_MODEL
+from .bench import gemm_peak
+from .config import MVFAConfig
+from . import datasets
+from .data import ADDataset
+from .shots import select_shots
+from .errors import MVFAError
+from .evaluate import StemSet, build_memory_bank, score_dataset
+from .flops import FlopCount
+from .experiment import build_model, few_shot_data
+from .losses import dice_loss, focal_loss
+from .prompts import object_name
+from .runtime import cpu_bf16_speedup
+from .train import Source, ShotSet, compute_stems, fit, normal_bank_images, shot_set
+
+# pass marks (paper protocol, fp32)
+SCORE_PEARSON, AUROC_TOLERANCE = 0.999, 1e-3
+LOSS_PEARSON, ADAPTER_TOLERANCE = 0.999, 1e-3
+# the official scripts know these dataset keys; ours are staged under them
+PROTOCOL_KEYS = {"segmentation": "Brain", "classification": "Chest"}
+OFFICIAL_FILES = ("train_few.py", "test_few.py", "utils.py", "loss.py", "CLIP/adapter.py",
+                  "CLIP/clip.py", "dataset/medical_few.py")
+CUDA_LINE = ".to('cuda')"
+# functions timed inside each program (file:function, cumulative seconds)
+OFFICIAL_PHASES = ("clip.py:create_model", "utils.py:encode_text_with_prompt_ensemble",
+                   "utils.py:augment", "train_few.py:test", "train_few.py:main")
+OURS_PHASES = ("experiment.py:build_model", "model.py:text_features", "data.py:load_all",
+               "data.py:augment_shots", "train.py:compute_stems", "train.py:select", "train.py:fit",
+               "experiment.py:run_few_shot")
+
+
+class OfficialRunError(MVFAError):
+    """The official code (or mvfa-lite's timed run) failed in its subprocess."""
+
+
+# --- inputs -------------------------------------------------------------------------------
+def check_official(official_dir: Path) -> None:
+    missing = [name for name in OFFICIAL_FILES if not (official_dir / name).is_file()]
+    if missing:
+        raise MVFAError(f"{official_dir} is not a checkout of the official MVFA code "
+                        f"(MediaBrain-SJTU/MVFA-AD): missing {', '.join(missing)}. Clone it "
+                        "and pass its folder.")
+    if (official_dir / "CLIP/adapter.py").read_text().count(CUDA_LINE) != 1:
+        raise MVFAError(f"{official_dir / 'CLIP/adapter.py'} does not contain exactly one "
+                        f"{CUDA_LINE}: this is not the official commit a30bf7b this tool knows.")
+
+
+def stage_code(official_dir: Path, work: Path, clip_file: Path) -> Path:
+    """A copy of the official code in ``work/code``: the CPU patch, the CLIP weights linked."""
+    code = work / "code"
+    shutil.copytree(official_dir, code, ignore=shutil.ignore_patterns(
+        ".git", "images", "data", "*.pth", "*.pt", "__pycache__"))
+    adapter = code / "CLIP/adapter.py"
+    adapter.write_text(adapter.read_text().replace(CUDA_LINE, ".to(x.device)"))
+    (code / "CLIP/ckpt").mkdir(exist_ok=True)
+    (code / "CLIP/ckpt/ViT-L-14-336px.pt").symlink_to(clip_file.resolve())
+    for folder in ("data", "ckpt/few-shot"):
+        (code / folder).mkdir(parents=True, exist_ok=True)
+    return code
+
+
+def stage_dataset(dataset: ADDataset, key: str, code: Path, shots: int, seed: int) -> Path:
+    """``dataset`` in the official layout as ``code/data/<key>_AD``: the k normal + k abnormal
+    shots (a seeded draw) in valid/, the rest in test/, and the official seed file listing
+    the shots. Returns the staged root (mvfa-lite reads the same files)."""
+    chosen = select_shots(dataset, shots, seed=seed)
+    root = code / "data" / f"{key}_AD"
+    if "img" in str(root):
+        raise MVFAError(f"the work folder {root} contains 'img', which the official code "
+                        "replaces to find masks; choose another --work-dir.")
+    names = {"n": [], "a": []}
+    for index, item in enumerate(dataset.items):
+        split = "valid" if index in chosen else "test"
+        kind = "Ungood" if item.label else "good"
+        name = _staged_name(item.image_path)
+        if "img" in name:
+            raise MVFAError(f"image {item.image_path} has 'img' in its name, which the "
+                            "official code replaces to find masks; rename it.")
+        _stage_image(item.image_path, root / split / kind / "img" / name)
+        if item.mask_path is not None:
+            target = root / split / kind / "anomaly_mask" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.mask_path, target)
+        if split == "valid":
+            names["a" if item.label else "n"].append(name)
+    for split in ("valid", "test"):
+        for kind in ("good", "Ungood"):
+            (root / split / kind / "img").mkdir(parents=True, exist_ok=True)
+    seed_file = code / "dataset" / "fewshot_seed" / key / f"{shots}-shot.txt"
+    seed_file.parent.mkdir(parents=True, exist_ok=True)
+    seed_file.write_text("".join(f"{kind}-0: {' '.join(names[kind])}\n" for kind in ("a", "n")))
+    return root
+
+
+def _staged_name(path: Path) -> str:
+    """The official code takes shots only from .png and .jpeg files."""
+    suffix = path.suffix.lower()
+    return path.stem + (".jpeg" if suffix in (".jpg", ".jpeg") else ".png")
+
+
+def _stage_image(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix.lower() in (".png", ".jpeg", ".jpg"):
+        shutil.copyfile(source, target)
+    else:                                               # .bmp, .tif: the same pixels as PNG
+        with Image.open(source) as image:
+            image.save(target)
+
+
+def write_clip_weights(model_name: str, path: Path, seed: int = 0) -> Path:
+    """A seeded random CLIP state dict: the same weights in both programs, never a result.
+
+    The values are rounded to fp16 (stored as fp32): the official loader passes the weights
+    through fp16, as OpenAI's own checkpoints are, so only fp16 values reach both programs
+    unchanged. (The tiny test model is mvfa-lite's own, saved as it is.)"""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if model_name == TINY_MODEL:
+            from .backbone import load_backbone
+            torch.save(load_backbone(TINY_MODEL).clip.state_dict(), path)
+            return path
+        import open_clip
+        clip = open_clip.create_model(model_name, pretrained=None)
+    state = {name: value.half().float() if value.is_floating_point() else value
+             for name, value in clip.state_dict().items()}
+    torch.save(state, path)
+    return path
+
+
+def banks_from_official(model, state: dict) -> None:
+    """Load official adapters ({'seg_adapters', 'det_adapters'} state dicts) into ``model``:
+    fc1 -> down, fc2 -> up (the last level's fc2 never gets a gradient; ours has none)."""
+    for ours, theirs in ((model.banks.seg, state["seg_adapters"]),
+                         (model.banks.det, state["det_adapters"])):
+        with torch.no_grad():
+            for level, adapter in enumerate(ours):
+                adapter.down[0].weight.copy_(theirs[f"{level}.fc1.0.weight"])
+                if adapter.up is not None:
+                    adapter.up[0].weight.copy_(theirs[f"{level}.fc2.0.weight"])
+
+
+def adapter_difference(model, initial: dict, final: dict) -> tuple[float, float]:
+    """After training: max |ours - official| over every adapter weight mvfa-lite has, and the
+    largest ||ours - official|| / ||official - initial|| of one weight matrix (how far apart the
+    two updates are, relative to the update itself)."""
+    absolute, relative = 0.0, 0.0
+    for ours, bank in ((model.banks.seg, "seg_adapters"), (model.banks.det, "det_adapters")):
+        for level, adapter in enumerate(ours):
+            layers = [(adapter.down[0].weight, f"{level}.fc1.0.weight")]
+            if adapter.up is not None:
+                layers.append((adapter.up[0].weight, f"{level}.fc2.0.weight"))
+            for weight, name in layers:
+                gap = weight.detach().cpu() - final[bank][name]
+                update = (final[bank][name] - initial[bank][name]).norm().item()
+                absolute = max(absolute, gap.abs().max().item())
+                relative = max(relative, gap.norm().item() / max(update, 1e-12))
+    return absolute, relative
+
+
+# --- running a program in its own process ------------------------------------------------------
+def run_observed(python: str, script_and_args: list[str], out: Path, log: Path, *, cwd: Path,
+                 count_flops: bool = False, init: dict | None = None) -> dict:
+    """Run an official script under official_driver.py in its own process; return its record."""
+    command = [python, official_driver.__file__, "--out", str(out), "--official"]
+    if count_flops:
+        command.append("--count-flops")
+    for name, value in (init or {}).items():
+        command += [f"--{name.replace('_', '-')}", str(value)]
+    _run([*command, "--", *script_and_args], cwd, log)
+    return torch.load(out, weights_only=True)
+
+
+def timed_run(command: list[str], *, cwd: Path, log: Path, phases=(), env=None) -> dict:
+    """Run a program as a user would, under cProfile only (to time the functions named in
+    ``phases``, ``file.py:function``): wall seconds, CPU seconds (user + system, all its
+    threads), the machine's load average before and after."""
+    profile = log.with_suffix(".prof")
+    load_before = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    _run([command[0], "-m", "cProfile", "-o", str(profile), *command[1:]], cwd, log, env)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": wall,
+            "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "load_average": [load_before, os.getloadavg()[0]],
+            "phases_s": phase_seconds(profile, phases)}
+
+
+def phase_seconds(profile: Path, names) -> dict:
+    """Cumulative seconds of each function named ``file.py:function`` in a cProfile file."""
+    seconds = dict.fromkeys(names, 0.0)
+    stats = pstats.Stats(str(profile)).stats
+    for (filename, _, function), (_, _, _, cumulative, _) in stats.items():
+        for name in names:
+            file, _, wanted = name.rpartition(":")
+            if function == wanted and filename.endswith(file):
+                seconds[name] += cumulative
+    return seconds
+
+
+def _run(command: list[str], cwd: Path, log: Path, env=None) -> None:
+    with open(log, "w") as handle:
+        completed = subprocess.run(command, cwd=cwd, stdout=handle, stderr=subprocess.STDOUT,
+                                   env=env)
+    if completed.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+        raise OfficialRunError(f"{' '.join(command[:4])} ... failed (exit "
+                               f"{completed.returncode}); its output is in {log}:\n{tail}")
+
+
+def _ours_env() -> dict:
+    """The environment for mvfa-lite's own process: this mvfa_lite package first."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    paths = [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TQDM_DISABLE": "1"}
+
+
+# --- comparisons -------------------------------------------------------------------------------
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def agreement(official, ours) -> dict:
+    official, ours = np.asarray(official, np.float64), np.asarray(ours, np.float64)
+    return {"pearson": pearson(official, ours),
+            "max_abs_diff": float(np.abs(official - ours).max())}
+
+
+def _official_scores(record: dict, has_masks: bool) -> dict:
+    """What the official test passed to roc_auc_score: pixel scores (N*S*S) first when the set
+    has masks, then image scores (N)."""
+    calls = record["auroc"][-2:] if has_masks else record["auroc"][-1:]
+    scores = {"image": calls[-1]}
+    if has_masks:
+        scores["pixel"] = calls[0]
+    return scores
+
+
+def compare_scores(official: dict, test_paths: list[str], scores, has_masks: bool) -> dict:
+    """Image (and pixel) scores and AUROC of both programs, the images matched by file name."""
+    ours_index = {Path(p).name: i for i, p in enumerate(scores.paths)}
+    order = [ours_index[Path(p).name] for p in test_paths]
+    result = {}
+    ours_image = scores.image_scores[order].numpy()
+    result["image"] = {**agreement(official["image"]["y_score"], ours_image),
+                       "auroc_official": official["image"]["value"],
+                       "auroc_ours": float(roc_auc_score(scores.labels[order].numpy(), ours_image))}
+    if has_masks:
+        ours_maps = scores.maps[order].numpy().ravel()
+        masks = (scores.masks[order].numpy().ravel() > 0.5).astype(int)
+        result["pixel"] = {**agreement(official["pixel"]["y_score"], ours_maps),
+                           "auroc_official": official["pixel"]["value"],
+                           "auroc_ours": float(roc_auc_score(masks, ours_maps))}
+    for part in result.values():
+        part["auroc_diff"] = abs(part["auroc_official"] - part["auroc_ours"])
+        part["passed"] = part["pearson"] >= SCORE_PEARSON and part["auroc_diff"] <= AUROC_TOLERANCE
+    return result
+
+
+def fixed_loss_inputs(size: int = 48, seed: int = 0) -> dict:
+    """Probabilities (2, 2, S, S) and binary masks (2, S, S) for the losses on fixed inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    probs = torch.randn(2, 2, size, size, generator=generator).mul(3).softmax(dim=1)
+    masks = (torch.rand(2, size, size, generator=generator) > 0.7).float()
+    masks[1] = 0                                       # a normal image: an empty mask
+    return {"probs": probs, "masks": masks}
+
+
+def data_order(official_fingerprints: torch.Tensor, shots: ShotSet, tolerance: float = 1e-3):
+    """The official training order as indices into ``shots`` (None when it cannot be matched
+    one to one), and the largest fingerprint distance of the match."""
+    ours = official_driver.fingerprint(shots.images)
+    distance = torch.cdist(official_fingerprints.double(), ours.double())
+    nearest = distance.min(dim=1)
+    order = nearest.indices
+    worst = float(nearest.values.max())
+    if worst > tolerance or len(set(order.tolist())) != len(order) or len(order) != len(ours):
+        return None, worst
+    return order, worst
+
+
+def _test_split(root: Path) -> str:
+    """A named set's test split; else the folder's only split; else "test"."""
+    if root.name in datasets.SPLITS:
+        return datasets.splits(root.name)[1]
+    found = [p.name for p in root.iterdir() if (p / "good").is_dir()]
+    return found[0] if len(found) == 1 else "test"
+
+
+# --- the whole comparison ------------------------------------------------------------------------
+PARTS = ("scoring", "training", "speed")
+
+
+def compare_official(official_dir, *, official_python: str, segmentation_data=None,
+                     classification_data=None, split: str | None = None, shots: int = 4,
+                     model_name: str = "ViT-L-14-336", clip_checkpoint=None, init_seed: int = 123,
+                     shot_seed: int = 0, parts=PARTS, speed_precision: str = "fp32",
+                     work_dir=None, keep: bool = False, say=print) -> dict:
+    """Run both programs on the same inputs; returns the report (see :func:`format_report`).
+
+    ``segmentation_data`` / ``classification_data``: dataset folders (one split, ``split``,
+    holding normal and abnormal images; masks for the first), staged as 'Brain' and 'Chest'.
+    ``split=None``: each named set's test split, else the folder's only split.
+    ``None`` skips that protocol. Training and speed run on the segmentation set (or the
+    classification set when it is the only one); speed needs training (its FLOP counts).
+    """
+    official_dir = Path(official_dir).expanduser().resolve()
+    check_official(official_dir)
+    unknown = set(parts) - set(PARTS)
+    if unknown or not parts or ("speed" in parts and "training" not in parts):
+        raise ValueError(f"parts must be some of {PARTS} (speed needs training), got {parts}")
+    if speed_precision not in ("fp32", "auto"):
+        raise ValueError(f"speed_precision must be 'fp32' or 'auto', got {speed_precision!r}")
+    sets = {key: ADDataset(root, split or _test_split(Path(root))) for key, root in
+            ((PROTOCOL_KEYS["segmentation"], segmentation_data),
+             (PROTOCOL_KEYS["classification"], classification_data)) if root is not None}
+    if not sets:
+        raise MVFAError("give at least one dataset (segmentation or classification).")
+    if "Brain" in sets and not sets["Brain"].has_masks:
+        raise MVFAError(f"the segmentation set {segmentation_data} has no Ungood/anomaly_mask "
+                        "folder; give a set with masks.")
+    if work_dir is not None:                  # the user's folder: used if empty, then kept
+        work = Path(work_dir).expanduser().resolve()
+        if work.exists() and any(work.iterdir()):
+            raise MVFAError(f"the work folder {work} is not empty; give a new or empty one.")
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="mvfa-compare-"))
+    try:
+        return _Comparison(official_dir, official_python, sets, shots, model_name,
+                           clip_checkpoint, init_seed, shot_seed, work, say).run(
+                               parts, speed_precision)
+    finally:
+        if work_dir is None and not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            say(f"staged inputs, logs and outputs kept in {work}")
+
+
+class _Comparison:
+    """The inputs staged once, then each part of the comparison (one method each)."""
+
+    def __init__(self, official_dir, official_python, sets, shots, model_name, clip_checkpoint,
+                 init_seed, shot_seed, work, say):
+        self.started, self.say, self.work = time.perf_counter(), say, work
+        self.python, self.shots, self.model_name = official_python, shots, model_name
+        self.init_seed, self.tiny = init_seed, model_name == TINY_MODEL
+        if clip_checkpoint is None:
+            self.step(f"writing seeded random {model_name} weights")
+            self.clip_file = write_clip_weights(model_name, work / "clip-random.pt")
+        else:
+            self.clip_file = Path(clip_checkpoint).expanduser().resolve()
+        self.code = stage_code(official_dir, work, self.clip_file)
+        self.roots = {key: stage_dataset(data, key, self.code, shots, shot_seed)
+                      for key, data in sets.items()}
+        (work / "logs").mkdir(exist_ok=True)
+        self.config = MVFAConfig(model_name=model_name, protocol="paper", precision="fp32",
+                                 pretrained="random" if self.tiny else "openai", device="cpu",
+                                 shots=shots, epochs=1)
+        self.step("building mvfa-lite's model")
+        self.model = build_model(self.config, None if self.tiny else self.clip_file)
+        levels = self.model.levels
+        self.official_args = ["--shot", str(shots), "--iterate", "0", "--features_list",
+                              *map(str, levels)]
+        self.report = {
+            "official_dir": str(official_dir), "model": model_name, "shots": shots,
+            "init_seed": init_seed, "machine": machine(),
+            "weights": "seeded random (torch.manual_seed(0)): the figures test the code, they "
+                       "are not results" if clip_checkpoint is None else str(self.clip_file)}
+
+    def step(self, text: str) -> None:
+        self.say(f"[{time.perf_counter() - self.started:6.0f} s] {text}", flush=True)
+
+    def seed_file(self, key: str) -> Path:
+        return self.code / "dataset" / "fewshot_seed" / key / f"{self.shots}-shot.txt"
+
+    def data(self, key: str):
+        """(augmented shots, test set) as mvfa-lite's paper protocol reads the staged set."""
+        support, test, _ = few_shot_data(self.config, self.roots[key], "valid", "test",
+                                         self.seed_file(key))
+        loaded = support.load_all(progress=False)
+        return shot_set(loaded["image"], loaded["mask"], loaded["label"], augment=True), test
+
+    def run(self, parts, speed_precision: str) -> dict:
+        if "scoring" in parts:
+            self.scoring()
+        key = "Brain" if "Brain" in self.roots else "Chest"
+        if "training" in parts:
+            self.training(key)
+        if "speed" in parts:
+            self.speed(key, speed_precision)
+        checks = [entry["passed"] for entry in self.report.get("scoring", {}).values()]
+        checks += [self.report[name]["passed"] for name in ("losses", "training")
+                   if name in self.report]
+        self.report["passed"] = all(checks)
+        self.report["seconds"] = time.perf_counter() - self.started
+        return self.report
+
+    def scoring(self) -> None:
+        """Untrained adapters (the official initialisation), both protocols."""
+        self.report["scoring"] = {}
+        torch.save(fixed_loss_inputs(), self.work / "loss-inputs.pt")
+        backbone = self.model.backbone
+        for key in self.roots:
+            self.step(f"official scoring ({key}, test_few.py) ...")
+            init_path = self.code / "ckpt" / "few-shot" / f"{key}.pth"
+            record = run_observed(
+                self.python, ["test_few.py", "--obj", key, *self.official_args,
+                              "--save_path", "./ckpt/few-shot/"],
+                self.work / f"official-score-{key}.pt",
+                self.work / "logs" / f"official-score-{key}.log", cwd=self.code,
+                init=dict(init_seed=self.init_seed, init_path=init_path, width=backbone.width,
+                          bottleneck=backbone.embed_dim, levels=len(self.model.levels),
+                          losses=self.work / "loss-inputs.pt"))
+            self.step(f"mvfa-lite scoring ({key}) ...")
+            banks_from_official(self.model, torch.load(init_path, weights_only=True))
+            shots, test = self.data(key)
+            text = self.model.text_features(object_name(test.name))
+            bank = build_memory_bank(self.model, normal_bank_images(shots))
+            scores = score_dataset(self.model, test, text, bank, progress=False)
+            entry = compare_scores(_official_scores(record, test.has_masks),
+                                   record["test_paths"], scores, test.has_masks)
+            entry["text_max_abs_diff"] = float((record["text"][0] - text.cpu()).abs().max())
+            entry["test_images"] = len(test)
+            entry["passed"] = all(part["passed"] for part in entry.values()
+                                  if isinstance(part, dict))
+            self.report["scoring"][key] = entry
+        self.report["losses"] = compare_losses(record["losses"])
+
+    def training(self, key: str) -> None:
+        """One official epoch (observed, FLOP counted) and mvfa-lite's loop fed its
+        initialisation and its data order (FLOP counted the same way)."""
+        self.step(f"official training epoch, observed ({key}, train_few.py --epoch 1) ...")
+        official = run_observed(
+            self.python, ["train_few.py", "--obj", key, *self.official_args, "--epoch", "1",
+                          "--save_model", "0"],
+            self.work / "official-train.pt", self.work / "logs" / "official-train.log",
+            cwd=self.code, count_flops=True)
+        self.step("mvfa-lite training epoch in the official order ...")
+        shots, test = self.data(key)
+        order, worst = data_order(official["fingerprints"], shots)
+        result = {"official_steps": len(official["step_losses"]), "batch_size": 1,
+                  "order_max_fingerprint_distance": worst, "order_reproduced": order is not None,
+                  "official_flops": official["flops"]}
+        self.report["training"] = result
+        if order is None:
+            result.update(passed=False, reason="the official training images could not be "
+                          "matched one to one with mvfa-lite's augmented shots")
+            return
+        model = self.model
+        banks_from_official(model, official["init"])
+        ordered = ShotSet(shots.images[order], shots.masks[order], shots.labels[order])
+        model._text_cache.clear()                   # count the text features too
+        with FlopCount() as count:                  # the work of `mvfa-lite train`, as it does it
+            text = model.text_features(object_name(test.name))
+            stems = compute_stems(model, ordered)
+            trained = fit(model, [Source(test.name, ordered, text, test.has_masks)], epochs=1,
+                          lr=self.config.lr, batch_size=1, shuffle=False, progress=False,
+                          stems=[stems])
+            # the official epoch ends with its selection pass over the test set: the same here
+            bank = build_memory_bank(model, stems=stems[ordered.labels == 0])
+            scores = score_dataset(model, StemSet(model, test), text, bank, progress=False)
+        losses = agreement(official["step_losses"], trained.step_losses)
+        after = compare_scores(_official_scores(official, test.has_masks),
+                               official["test_paths"], scores, test.has_masks)
+        absolute, relative = adapter_difference(model, official["init"], official["final"])
+        result.update(
+            ours_flops={"forward": count.forward, "backward": count.backward},
+            step_losses=losses, ours_steps=len(trained.step_losses),
+            first_loss=[official["step_losses"][0], trained.step_losses[0]],
+            last_loss=[official["step_losses"][-1], trained.step_losses[-1]],
+            adapters_max_abs_diff=absolute, adapters_relative_diff=relative,
+            auroc_after_epoch={part: [values["auroc_official"], values["auroc_ours"]]
+                               for part, values in after.items()},
+            passed=losses["pearson"] >= LOSS_PEARSON and absolute <= ADAPTER_TOLERANCE
+            and len(trained.step_losses) == len(official["step_losses"]))
+
+    def speed(self, key: str, precision: str) -> None:
+        """The same epoch in each program, as its users run it, timed."""
+        peak = gemm_peak()
+        self.step("official training epoch, timed (train_few.py --epoch 1) ...")
+        official = timed_run(
+            [self.python, "train_few.py", "--obj", key, *self.official_args, "--epoch", "1",
+             "--save_model", "0"], cwd=self.code, log=self.work / "logs" / "official-timed.log",
+            phases=OFFICIAL_PHASES)
+        self.step(f"mvfa-lite train, timed ({precision}) ...")
+        ours = timed_run([sys.executable, "-m", "mvfa_lite.cli", *self.train_arguments(
+            key, precision)], cwd=self.work, log=self.work / "logs" / "ours-timed.log",
+            phases=OURS_PHASES, env=_ours_env())
+        training = self.report["training"]
+        test_images = len(ADDataset(self.roots[key], "test"))
+        self.report["speed"] = speed_report(
+            {**official, "flops": training["official_flops"]},
+            {**ours, "flops": training["ours_flops"]}, peak, precision,
+            f"{key}, k = {self.shots}: one epoch of {22 * self.shots} augmented shots at batch "
+            f"1, then the memory bank and one test pass over {test_images} images (the "
+            "official epoch selection)")
+
+    def train_arguments(self, key: str, precision: str) -> list[str]:
+        arguments = ["train", str(self.roots[key]), "--support-split", "valid", "--test-split",
+                     "test", "--seed-file", str(self.seed_file(key)), "--shots", str(self.shots),
+                     "--epochs", "1", "--protocol", "paper", "--device", "cpu",
+                     "--out", str(self.work / "ours-train")]
+        if self.tiny:
+            arguments += ["--model", TINY_MODEL, "--pretrained", "random"]
+        else:
+            arguments += ["--model", self.model_name, "--clip-checkpoint", str(self.clip_file)]
+        return arguments + ["--precision", precision]
+
+
+def compare_losses(official: dict) -> dict:
+    """The official FocalLoss and BinaryDiceLoss (computed by the driver) against ours."""
+    inputs = fixed_loss_inputs()
+    ours = {"focal": float(focal_loss(inputs["probs"], inputs["masks"])),
+            "dice": float(dice_loss(inputs["probs"][:, 1], inputs["masks"]))}
+    result = {name: {"official": official[name], "ours": ours[name],
+                     "abs_diff": abs(official[name] - ours[name])} for name in ours}
+    result["passed"] = all(part["abs_diff"] <= 1e-6 for part in result.values())
+    return result
+
+
+# --- speed ---------------------------------------------------------------------------------------
+def speed_report(official: dict, ours: dict, peak: dict, precision: str, recipe: str) -> dict:
+    """Seconds (timed runs) and FLOP (counted runs) of each program -> rates and ratios."""
+    ours_dtype = "bf16" if precision == "auto" and cpu_bf16_speedup() >= 1.25 else "fp32"
+
+    def program(run: dict, dtype: str) -> dict:
+        forward, backward = run["flops"]["forward"], run["flops"]["backward"]
+        total = forward + backward
+        rate, per_cpu_second = total / run["wall_s"] / 1e9, total / run["cpu_s"] / 1e9
+        return {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "precision": dtype,
+                "load_average": run["load_average"],
+                "gflop_forward": forward / 1e9, "gflop_backward": backward / 1e9,
+                "gflop": total / 1e9, "gflop_per_s": rate, "fraction_of_peak": rate / peak[dtype],
+                "gflop_per_cpu_s": per_cpu_second,
+                "fraction_of_core_peak": per_cpu_second / (peak[dtype] / peak["threads"]),
+                "phases_s": run["phases_s"]}
+    result = {"recipe": recipe, "gemm_peak_gflop_per_s": peak,
+              "official": program(official, "fp32"), "ours": program(ours, ours_dtype)}
+    o, m = result["official"], result["ours"]
+    result["ratios"] = {"wall": o["wall_s"] / m["wall_s"], "cpu": o["cpu_s"] / m["cpu_s"],
+                        "work": o["gflop"] / m["gflop"]}
+    result["targets"] = {
+        "ours_at_least_70_percent_of_peak": m["fraction_of_peak"] >= 0.7,
+        "cpu_ratio_at_least_work_ratio": result["ratios"]["cpu"] >= result["ratios"]["work"]}
+    return result
+
+
+def machine() -> dict:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "bf16_speedup_measured": cpu_bf16_speedup()}
+
+
+# --- the report ----------------------------------------------------------------------------------
+def _mark(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def format_report(report: dict) -> str:
+    """The report as the text table the command prints."""
+    m = report["machine"]
+    lines = [f"compare-official: {report['official_dir']}",
+             f"model {report['model']}, weights: {report['weights']}",
+             f"machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}; both programs "
+             "in fp32 for scores and training", ""]
+    if "scoring" in report:
+        lines += _scoring_lines(report)
+    if "training" in report:
+        lines += _training_lines(report["training"])
+    if "speed" in report:
+        lines += _speed_lines(report["speed"])
+    lines += ["", f"overall: {_mark(report['passed'])} (scores, losses and training; "
+              f"{report['seconds']:.0f} s)"]
+    return "\n".join(lines)
+
+
+def _scoring_lines(report: dict) -> list[str]:
+    lines = [f"scoring, untrained adapters (the official initialisation, seed "
+             f"{report['init_seed']}), paper protocol, k = {report['shots']}",
+             f"  {'protocol':<24}{'scores':<7}{'Pearson':>10}{'max |diff|':>12}"
+             f"{'AUROC official':>16}{'AUROC ours':>12}{'|dAUROC|':>10}"]
+    for key, entry in report["scoring"].items():
+        name = f"{'segmentation' if key == 'Brain' else 'classification'} ({key})"
+        for part in ("image", "pixel"):
+            if part in entry:
+                p = entry[part]
+                lines.append(f"  {name if part == 'image' else '':<24}{part:<7}"
+                             f"{p['pearson']:>10.6f}{p['max_abs_diff']:>12.2e}"
+                             f"{p['auroc_official']:>16.6f}{p['auroc_ours']:>12.6f}"
+                             f"{p['auroc_diff']:>10.1e}")
+        lines.append(f"  {'':<24}text features max |diff| {entry['text_max_abs_diff']:.1e}, "
+                     f"{entry['test_images']} test images: {_mark(entry['passed'])}")
+    losses = report["losses"]
+    lines.append(f"  losses on fixed inputs (official vs ours): focal "
+                 f"{losses['focal']['official']:.7f} vs {losses['focal']['ours']:.7f}, dice "
+                 f"{losses['dice']['official']:.7f} vs {losses['dice']['ours']:.7f}: "
+                 f"{_mark(losses['passed'])}")
+    return lines
+
+
+def _training_lines(t: dict) -> list[str]:
+    lines = ["", "training: one epoch at batch 1, mvfa-lite given the official run's "
+             "initialisation and data order"]
+    if not t["order_reproduced"]:
+        return lines + [f"  order not reproduced: {t['reason']}: FAIL"]
+    after = ", ".join(f"{part} {a:.4f} vs {b:.4f}"
+                      for part, (a, b) in t["auroc_after_epoch"].items())
+    return lines + [
+        f"  steps: {t['official_steps']} official, {t['ours_steps']} ours; loss per step: "
+        f"Pearson {t['step_losses']['pearson']:.6f}, max |diff| "
+        f"{t['step_losses']['max_abs_diff']:.2e} (first {t['first_loss'][0]:.4f} vs "
+        f"{t['first_loss'][1]:.4f}, last {t['last_loss'][0]:.4f} vs {t['last_loss'][1]:.4f})",
+        f"  adapters after the epoch: max |diff| {t['adapters_max_abs_diff']:.2e} (the two "
+        f"updates differ by at most {t['adapters_relative_diff']:.2%} of their size)",
+        f"  AUROC after the epoch (official vs ours): {after}: {_mark(t['passed'])}"]
+
+
+def _speed_lines(s: dict) -> list[str]:
+    peak = s["gemm_peak_gflop_per_s"]
+    o, ours, r = s["official"], s["ours"], s["ratios"]
+    lines = ["", f"speed: {s['recipe']}",
+             "  GEMM peak measured in this run: " + ", ".join(
+                 f"{name} {value:.0f} GFLOP/s" for name, value in peak.items()
+                 if name != "threads") + f" ({peak['threads']} threads)",
+             f"  {'':<24}{'official':>12}{'mvfa-lite':>12}{'ratio':>8}"]
+    rows = [("precision", o["precision"], ours["precision"], ""),
+            ("wall seconds", f"{o['wall_s']:.1f}", f"{ours['wall_s']:.1f}", f"{r['wall']:.2f}x"),
+            ("CPU seconds", f"{o['cpu_s']:.1f}", f"{ours['cpu_s']:.1f}", f"{r['cpu']:.2f}x"),
+            ("GFLOP forward", f"{o['gflop_forward']:.0f}", f"{ours['gflop_forward']:.0f}", ""),
+            ("GFLOP backward", f"{o['gflop_backward']:.0f}", f"{ours['gflop_backward']:.0f}", ""),
+            ("GFLOP total (work)", f"{o['gflop']:.0f}", f"{ours['gflop']:.0f}",
+             f"{r['work']:.2f}x"),
+            ("GFLOP/s (wall)", f"{o['gflop_per_s']:.1f}", f"{ours['gflop_per_s']:.1f}", ""),
+            ("  of the GEMM peak", f"{o['fraction_of_peak']:.0%}",
+             f"{ours['fraction_of_peak']:.0%}", ""),
+            ("GFLOP per CPU second", f"{o['gflop_per_cpu_s']:.1f}",
+             f"{ours['gflop_per_cpu_s']:.1f}", ""),
+            ("  of one core's peak", f"{o['fraction_of_core_peak']:.0%}",
+             f"{ours['fraction_of_core_peak']:.0%}", ""),
+            ("load average before/after", "/".join(f"{x:.1f}" for x in o["load_average"]),
+             "/".join(f"{x:.1f}" for x in ours["load_average"]), "")]
+    lines += [f"  {a:<24}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
+    for name, program in (("official", o), ("mvfa-lite", ours)):
+        phases = ", ".join(f"{k.split(':')[1]} {v:.1f} s" for k, v in program["phases_s"].items())
+        lines.append(f"  {name} phases: {phases}")
+    targets = s["targets"]
+    lines.append(f"  targets: mvfa-lite at >= 70% of the GEMM peak: "
+                 f"{'met' if targets['ours_at_least_70_percent_of_peak'] else 'not met'}; "
+                 f"CPU-seconds ratio >= work ratio: "
+                 f"{'met' if targets['cpu_ratio_at_least_work_ratio'] else 'not met'}")
+    return lines
+
+
+def default_datasets() -> dict:
+    """The sets the command uses when none is given (they must be on this machine)."""
+    return {"segmentation_data": datasets.path("chestxray_synthlesion"),
+            "classification_data": datasets.path("chestxray_kermany224")}

@@ -1,0 +1,1 @@
+from open_clip.tokenizer import tokenize  # noqa: F401

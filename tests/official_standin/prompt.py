@@ -1,0 +1,1 @@
+REAL_NAME = {"Brain": "Brain", "Chest": "Chest X-ray film"}
