@@ -91,6 +91,7 @@ class MVFAConfig:
         Raises ConfigError (a ValueError) naming the setting, its command-line option, the
         value and what is allowed. Returns the config, so ``config.validate()`` chains.
         """
+        _check("protocol", self.protocol, self.protocol in PROTOCOLS, f"one of {PROTOCOLS}")
         whole = {"epochs": 1, "batch_size": 1, "shots": 1, "memory_chunk": 1}
         for name, low in whole.items():
             _check(name, getattr(self, name), _is_whole(getattr(self, name), low),
@@ -111,7 +112,6 @@ class MVFAConfig:
         for name in ("augment", "normal_only"):
             value = getattr(self, name)
             _check(name, value, isinstance(value, bool), "True or False")
-        _check("protocol", self.protocol, self.protocol in PROTOCOLS, f"one of {PROTOCOLS}")
         _check("precision", self.precision, self.precision in PRECISIONS,
                f"one of {', '.join(PRECISIONS)}")
         for name in ("model_name", "pretrained", "prompts"):
