@@ -15,7 +15,7 @@ so every later level sees the earlier adaptations ("stepwise enhancement"). Afte
 tapped level nothing reads the stream any more, so the last level needs only W1: it is the
 paper's "projector". (The official code also builds a W2 there; it never gets a gradient.)
 ``mix=(1, 0, 0)`` leaves the stream untouched: the adapters become independent per-level
-projectors, the ablation of the paper's Table 4.
+projectors (the levels-and-mix ablation of notebook 11).
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def selection_score(metrics: dict) -> float:
     return metrics["image_auroc"] + metrics.get("pixel_auroc", 0.0)
 
 
-# When ``select`` runs, as the official scripts do (MVFA_SPEC 5.1, 5.2):
+# When ``select`` runs, as the official scripts do (train_few.py and train_zero.py, main):
 #   "epoch":  after every epoch; a later epoch must score higher (train_few.py: >)
 #   "fifths": before batches 0, n//5, 2n//5, ... of every epoch (n batches per epoch), so the
 #             untrained adapters compete and the last batches of the run never do; a later
