@@ -90,6 +90,8 @@ def stage_code(official_dir: Path, work: Path, clip_file: Path) -> Path:
     code = work / "code"
     shutil.copytree(official_dir, code, ignore=shutil.ignore_patterns(
         ".git", "images", "data", "*.pth", "*.pt", "__pycache__"))
+    for path in [code, *code.rglob("*")]:       # a read-only checkout gives a read-only copy
+        path.chmod(path.stat().st_mode | 0o200)
     adapter = code / "CLIP/adapter.py"
     adapter.write_text(adapter.read_text().replace(CUDA_LINE, ".to(x.device)"))
     (code / "CLIP/ckpt").mkdir(exist_ok=True)
