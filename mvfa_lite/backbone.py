@@ -24,7 +24,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .errors import WeightsError
+from .errors import WeightsError, unreadable_reason
 
 CHECKPOINT_ENV = "MVFA_CLIP_CHECKPOINT"
 TINY_MODEL = "tiny-random"
@@ -132,6 +132,14 @@ def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
+def patch_size(model_name: str) -> int | None:
+    """The patch side of a ViT by name, without building it; None for unknown names."""
+    if model_name == TINY_MODEL:
+        return TINY_CONFIG["vision_cfg"]["patch_size"]
+    vision = (open_clip.get_model_config(model_name) or {}).get("vision_cfg", {})
+    return vision.get("patch_size")
+
+
 def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                   image_size: int = 240, quick_gelu: bool | None = False,
                   checkpoint: str | os.PathLike | None = None) -> Backbone:
@@ -158,8 +166,7 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
         if not path.is_file():
             raise WeightsError(f"CLIP checkpoint {path} does not exist (from the checkpoint "
                                f"argument or ${CHECKPOINT_ENV}); fix the path or unset it.")
-        weights = _state_dict_file(path)
-        clip, source = _create_or_explain(create, str(weights), model_name, pretrained), str(path)
+        clip, source = _create_from_file(create, path, model_name), str(path)
     elif pretrained == "random":
         clip, source = create(None), "random"
     else:
@@ -196,6 +203,17 @@ def _pretrained_cfg(model_name: str, tag: str) -> dict:
         return open_clip.get_pretrained_cfg(model_name, tag) or {}
     except Exception:  # unknown tag: no information about the activation
         return {}
+
+
+def _create_from_file(create, path: Path, model_name: str) -> nn.Module:
+    try:
+        return create(str(_state_dict_file(path)))
+    except Exception as error:  # not a weights file, damaged, unsafe, another architecture
+        raise WeightsError(
+            f"CLIP checkpoint {path} cannot be loaded into {model_name}: "
+            f"{unreadable_reason(error)}. Pass a weights file of {model_name} (open_clip's "
+            f"open_clip_pytorch_model.bin or OpenAI's .pt), or the --model it belongs to."
+        ) from None
 
 
 def _create_or_explain(create, weights: str, model_name: str, tag: str) -> nn.Module:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import platform
 import time
-from contextlib import nullcontext
 
 import torch
 from torch.utils.data import Dataset
@@ -31,7 +30,7 @@ from .evaluate import build_memory_bank, compute_metrics, score_dataset
 from .flops import FlopCount
 from .losses import mvfa_loss
 from .model import MVFA
-from .runtime import autocast, cpu_bf16_speedup, resolve_device
+from .runtime import autocast, cpu_bf16_speedup, resolve_device, resolve_precision
 from .train import ShotSet, Source, fit
 
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
@@ -126,17 +125,18 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
     size, k = config.image_size, config.shots
     say = print if progress else (lambda *a, **kw: None)
     result = {"device": _device_name(device), "model": config.model_name,
-              "image_size": size, "weights": "random", "amp_bf16": _uses_bf16(device, config),
+              "image_size": size, "weights": "random", "precision": resolve_precision(config.precision, device),
               "torch": torch.__version__, "compile": compile, "stages": {}}
     if device.type == "cpu":                  # the peak: measured here, in the model's precision
         result["gemm_peak_gflop_per_s"] = gemm_peak()
-        peak = result["gemm_peak_gflop_per_s"]["bf16" if result["amp_bf16"] else "fp32"] / 1000
+        rates = result["gemm_peak_gflop_per_s"]
+        peak = rates.get(result["precision"], rates["fp32"]) / 1000
     stages = result["stages"]
     images = torch.rand(batch_size, 3, size, size, device=device)
     text = model.text_features("Brain")
 
     def forward():
-        with torch.no_grad(), autocast(device, config.amp):
+        with torch.no_grad(), autocast(device, config.precision):
             model(images)
     say("forward ...", flush=True)
     stages["forward"] = _stage(batch_size, _timed(forward, device, repeats),
@@ -146,12 +146,12 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
     batch = torch.rand(train_batch, 3, size, size, device=device)
     masks = (torch.rand(train_batch, size, size, device=device) > 0.9).float()
     labels = torch.arange(train_batch, device=device) % 2
-    with autocast(device, config.amp):
+    with autocast(device, config.precision):
         stem = model.stem(batch)
     optimizer = torch.optim.Adam(model.banks.parameters(), lr=config.lr, betas=config.betas)
 
     def train_step():
-        with autocast(device, config.amp):
+        with autocast(device, config.precision):
             features = model(stem=stem)
         loss, _ = mvfa_loss(features, text, masks, labels, True, config.temperature, config.bce_on)
         optimizer.zero_grad(set_to_none=True)
@@ -170,7 +170,7 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
 
     def score():
         with torch.no_grad():
-            with autocast(device, config.amp):
+            with autocast(device, config.precision):
                 features = model(images)
             zero_shot(features, text, config.temperature, size)
             few_shot(features, bank, size, config.memory_chunk)
@@ -231,18 +231,18 @@ def _baseline(model, text, device, config, repeats, recipe: dict) -> dict:
     CUDA-only, so on a CPU it runs fp32. ``recipe_epoch_seconds`` prices one epoch of the
     few-shot recipe measured by end_to_end (train images + bank + test images, one by one)."""
     size = config.image_size
-    amp = config.amp and device.type == "cuda"
+    precision = config.precision if device.type == "cuda" else "fp32"
     image = torch.rand(1, 3, size, size, device=device)
     mask = torch.zeros(1, size, size, device=device)
     label = torch.ones(1, device=device, dtype=torch.long)
 
     def test_one():
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad(), autocast(device, precision):
             model(image)
     model.backbone.requires_grad_(True)
     try:
         def train_one():
-            with autocast(device, amp):   # no stem cache: gradients reach block 1 too
+            with autocast(device, precision):   # no stem cache: gradients reach block 1 too
                 x = model.backbone.embed(image, config.normalize_pixels)
                 features = model(stem=model.backbone.run_blocks(x, 0, model.levels[0]))
             loss, _ = mvfa_loss(features, text, mask, label, True, config.temperature,
@@ -256,12 +256,8 @@ def _baseline(model, text, device, config, repeats, recipe: dict) -> dict:
     bank_images = recipe["train_images"] // 2
     epoch = recipe["train_images"] * train_seconds + \
         (bank_images + recipe["test_images"]) * test_seconds
-    return {"amp": amp, "test_seconds_per_image": test_seconds,
+    return {"precision": resolve_precision(precision, device), "test_seconds_per_image": test_seconds,
             "train_seconds_per_step": train_seconds, "recipe_epoch_seconds": epoch}
-
-
-def _uses_bf16(device, config) -> bool:
-    return not isinstance(autocast(device, config.amp), nullcontext)
 
 
 def _device_name(device: torch.device) -> str:
@@ -273,7 +269,7 @@ def _device_name(device: torch.device) -> str:
 def format_table(result: dict) -> str:
     """The benchmark as a small text table (the JSON has everything)."""
     lines = [f"{result['model']} at {result['image_size']} px on {result['device']} "
-             f"(bf16: {result['amp_bf16']}, compile: {result['compile']}, random weights)"]
+             f"(precision: {result['precision']}, compile: {result['compile']}, random weights)"]
     if "gemm_peak_gflop_per_s" in result:
         peak = result["gemm_peak_gflop_per_s"]
         lines.append("  GEMM peak measured here: " + ", ".join(
@@ -296,7 +292,7 @@ def format_table(result: dict) -> str:
         b = result["stages"]["baseline"]
         per_epoch = e2e["total_seconds"] / e2e["epochs"]
         lines.append(f"  baseline (mvfa-lite imitating the official batch-1 loop, "
-                     f"{'bf16' if b['amp'] else 'fp32'}; compare-official runs the real one): "
+                     f"{b['precision']}; compare-official runs the real one): "
                      f"test {b['test_seconds_per_image']:.3f} s/image, train "
                      f"{b['train_seconds_per_step']:.3f} s/step; one epoch of the recipe above "
                      f"{b['recipe_epoch_seconds']:.1f} s vs {per_epoch:.1f} s here "

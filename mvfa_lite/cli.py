@@ -1,7 +1,9 @@
 """The ``mvfa-lite`` command: train, evaluate, predict, sweep, bench, compare-official.
 
-Errors of the user's making (bad folders, images, checkpoints, weights) are printed as one
-message that says what to fix, without a traceback; exit status 2.
+Errors of the user's making (bad settings, folders, images, checkpoints, weights, output
+folders) are printed as one message that says what to fix, without a traceback; exit status
+2. Everything is checked before any training (see mvfa_lite.experiment). Warnings about
+doubtful data (empty masks, NaN pixels) are printed as one line each.
 """
 from __future__ import annotations
 
@@ -9,11 +11,26 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 
-from .config import PRESETS, PROTOCOLS, MVFAConfig
-from .errors import MVFAError
+from .config import PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
+from . import datasets
+from .errors import DataWarning, MVFAError
 from .prompts import PROMPT_SETS
+
+
+def _at_least(low: int):
+    """argparse type: a whole number >= low."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is too small; it must be >= {low}")
+        return value
+    return parse
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +47,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-size", type=int)
     group.add_argument("--levels", type=int, nargs="+", help="blocks after which adapters sit")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    group.add_argument("--no-amp", dest="amp", action="store_false", default=None,
-                       help="run fp32 instead of bf16 autocast (used on GPUs and on CPUs with native bf16)")
+    group.add_argument("--precision", choices=PRECISIONS,
+                       help="auto (default): bf16 on GPUs that have it, fp16 on T4/V100, on a "
+                       "CPU the faster of bf16 and fp32 as measured")
 
 
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -55,12 +73,16 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args) -> MVFAConfig:
-    fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "amp",
+    fields = ("protocol", "model_name", "pretrained", "image_size", "levels", "device", "precision",
               "epochs", "batch_size", "shots", "seed", "lr", "zero_shot_lr", "beta", "mix",
               "prompts", "normal_only", "augment")
     changes = {name: getattr(args, name) for name in fields
                if getattr(args, name, None) is not None}
     return MVFAConfig(**{**PRESETS[args.preset], **changes})
+
+
+ALLOW_OTHER_WEIGHTS = ("load the adapters even into other CLIP weights than they were trained "
+                       "with (a loud warning; the numbers then do not measure the trained model)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,15 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="few-shot or leave-one-dataset-out training",
                                 description="Train the adapters, then evaluate on the test split. "
                                 "Writes adapters.pth, metrics.json and scores.csv to --out.")
-    train.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD)")
+    train.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD) or a "
+                       "shipped set's name (chestxray_synthlesion, chestxray_kermany224)")
     train.add_argument("--setting", choices=["few-shot", "zero-shot"], default="few-shot")
-    train.add_argument("--support-split", default="valid",
-                       help="few-shot: split the shots come from (default valid)")
-    train.add_argument("--test-split", default="test")
+    train.add_argument("--support-split",
+                       help="few-shot: split the shots come from (default valid; a shipped "
+                       "set's own)")
+    train.add_argument("--test-split", help="default test (a shipped set's own)")
     train.add_argument("--seed-file", help="few-shot: official k-shot.txt file listing the shots")
-    train.add_argument("--iterate", type=int, default=0, help="draw index in the seed file")
+    train.add_argument("--iterate", type=_at_least(0), default=0,
+                       help="draw index in the seed file")
     train.add_argument("--sources", nargs="+", default=[],
-                       help="zero-shot: the other datasets' folders to train on")
+                       help="zero-shot: the other datasets' folders (or names) to train on")
     train.add_argument("--source-split", default="test",
                        help="zero-shot: split of the sources to train on (official: test)")
     train.add_argument("--out", default="runs/latest", help="output folder")
@@ -89,12 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="score a labelled split with trained adapters",
                                    description="Evaluate a checkpoint on a BMAD-layout split.")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("root")
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("root", help="dataset folder or a shipped set's name")
+    evaluate.add_argument("--split", help="default test (a shipped set's own)")
     evaluate.add_argument("--clip-checkpoint")
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--zero-shot-only", action="store_true",
                           help="ignore the few-shot memory bank")
+    evaluate.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     evaluate.add_argument("--out", help="write metrics.json and scores.csv here")
     evaluate.add_argument("--save-maps", action="store_true")
 
@@ -109,14 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
                          "checkpoint's dataset, e.g. 'Brain')")
     predict.add_argument("--clip-checkpoint")
     predict.add_argument("--device", default="auto")
+    predict.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     sweep = commands.add_parser("sweep", help="run a notebook over a parameter grid (papermill)",
-                                description="Execute a notebook for every point of a YAML grid; "
-                                "finished runs (those with result.json) are skipped, so a killed "
-                                "sweep resumes where it stopped. Grid format: see "
+                                description="Execute a notebook for every cell of a YAML grid, "
+                                "here, on SLURM (submitit) or on Ray; finished cells (result.json "
+                                "written with the same parameters) are skipped, so a killed or "
+                                "re-submitted sweep resumes where it stopped. Grid format: see "
                                 "mvfa_lite/sweep.py or sweeps/*.yaml.")
     sweep.add_argument("grid", help="YAML grid file")
-    sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do")
+    sweep.add_argument("--dry-run", action="store_true", help="list the cells still to do")
     sweep.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
+    sweep.add_argument("--force", action="store_true", help="run again finished cells whose "
+                       "recorded parameters differ from the grid's (refused otherwise)")
+    sweep.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                       help="local: one cell after another here; slurm: a submitit job array "
+                       "(pip install 'mvfa-lite[slurm]'); ray: Ray tasks ('mvfa-lite[ray]')")
+    cluster = sweep.add_argument_group("cluster resources per cell (override the grid "
+                                       "file's resources:)")
+    cluster.add_argument("--gpus", type=int, help="without it or resources.gpus: slurm 0, ray 1 "
+                         "where GPUs exist")
+    cluster.add_argument("--cpus", type=int)
+    cluster.add_argument("--mem-gb", type=float)
+    cluster.add_argument("--timeout-min", type=int, help="slurm: the job's time limit")
+    cluster.add_argument("--partition", help="slurm partition")
+    cluster.add_argument("--submitit-cluster", choices=["slurm", "local"], default="slurm",
+                         help="local: run the submitit jobs as processes on this machine")
+    cluster.add_argument("--ray-address", help="auto, ray://head:10001, or none: $RAY_ADDRESS "
+                         "if set, else a Ray runtime started here for the sweep")
     bench = commands.add_parser("bench", help="speed of every stage on this device",
                                 description="Measure forward, training-step and scoring "
                                 "throughput, the end-to-end few-shot protocol and one zero-shot "
@@ -125,13 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", dest="model_name", default="ViT-L-14-336")
     bench.add_argument("--image-size", type=int, default=240)
     bench.add_argument("--device", default="auto")
-    bench.add_argument("--batch-size", type=int, default=64, help="forward / scoring batch")
-    bench.add_argument("--train-batch", type=int, default=32)
+    bench.add_argument("--batch-size", type=_at_least(1), default=64,
+                       help="forward / scoring batch")
+    bench.add_argument("--train-batch", type=_at_least(1), default=32)
     bench.add_argument("--shots", type=int, default=4)
     bench.add_argument("--epochs", type=int, default=50)
-    bench.add_argument("--test-images", type=int, default=3715, help="BrainMRI test split size")
-    bench.add_argument("--zero-shot-images", type=int, default=20000)
-    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--test-images", type=_at_least(1), default=3715,
+                       help="BrainMRI test split size")
+    bench.add_argument("--zero-shot-images", type=_at_least(1), default=20000)
+    bench.add_argument("--repeats", type=_at_least(1), default=3)
     bench.add_argument("--quick", action="store_true",
                        help="CPU-sized: 1 epoch, 32 test images, 64 zero-shot images, batch 16 "
                        "(the embedded BUSI recipe)")
@@ -139,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time a batch-1 per-image loop like the official code's")
     bench.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     bench.add_argument("--protocol", choices=list(PROTOCOLS), default="paper")
-    bench.add_argument("--no-amp", dest="amp", action="store_false")
+    bench.add_argument("--precision", choices=PRECISIONS, default="auto")
     bench.add_argument("--out", default="bench.json")
     compare = commands.add_parser(
         "compare-official", help="run the official MVFA code beside mvfa-lite: scores, "
@@ -155,10 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the Python that runs the official code (its venv, with kornia, "
                          "ftfy, scikit-learn); default: this one")
     compare.add_argument("--segmentation-data", help="set with masks, run as 'Brain' "
-                         "(default: the embedded busi set)")
+                         "(a folder or a shipped set's name; default: chestxray_synthlesion)")
     compare.add_argument("--classification-data", help="set without masks, run as 'Chest' "
                          "(default: the shipped chest X-rays)")
-    compare.add_argument("--split", default="embedded", help="the split of both sets to use")
+    compare.add_argument("--split", help="the split of both sets to use (default: each set's "
+                         "test split)")
     compare.add_argument("--shots", type=int, default=4)
     compare.add_argument("--model", dest="model_name", default="ViT-L-14-336",
                          help="the official code runs ViT-L-14-336 only")
@@ -180,10 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_others = warnings.showwarning
+
+    def one_line(message, category, *where):
+        if not issubclass(category, DataWarning):
+            return show_others(message, category, *where)
+        print(f"mvfa-lite {args.command}: warning: {message}", file=sys.stderr)
+
     try:
         commands = {"train": _train, "evaluate": _evaluate, "predict": _predict,
-                    "sweep": _sweep, "bench": _bench, "compare-official": _compare_official}
-        return commands[args.command](args)
+                    "sweep": _sweep, "bench": _bench,
+                    "compare-official": _compare_official}
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = one_line
+            return commands[args.command](args)
     except (MVFAError, ValueError) as error:
         print(f"mvfa-lite {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -192,16 +251,20 @@ def main(argv: list[str] | None = None) -> int:
 def _train(args) -> int:
     from .experiment import run_few_shot, run_zero_shot
     config = _config(args)
+    root = datasets.path(args.root)
+    support_split, test_split = datasets.splits(args.root)
+    support_split, test_split = args.support_split or support_split, args.test_split or test_split
     if args.setting == "few-shot":
-        run = run_few_shot(config, args.root, support_split=args.support_split,
-                           test_split=args.test_split, seed_file=args.seed_file,
+        run = run_few_shot(config, root, support_split=support_split,
+                           test_split=test_split, seed_file=args.seed_file,
                            iterate=args.iterate, out=args.out,
                            clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
     else:
         if not args.sources:
             raise ValueError("zero-shot training needs --sources: the other datasets' folders")
-        run = run_zero_shot(config, args.root, args.sources, source_split=args.source_split,
-                            test_split=args.test_split, out=args.out,
+        sources = [datasets.path(source) for source in args.sources]
+        run = run_zero_shot(config, root, sources, source_split=args.source_split,
+                            test_split=test_split, out=args.out,
                             clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
     _report(run.summary["weights"], run.metrics, args.out)
     return 0
@@ -210,21 +273,31 @@ def _train(args) -> int:
 def _evaluate(args) -> int:
     from .data import ADDataset
     from .evaluate import compute_metrics, save_scores, score_dataset
-    from .experiment import load_trained, weights_banner
+    from .experiment import load_trained, smallest_side, weights_banner
+    from .metrics import pixel_metrics_absent
+    from .outputs import EVALUATE_FILES, OutputFolder
     from .results import write_json
     from .prompts import object_name
+    output = OutputFolder(args.out, "evaluate", EVALUATE_FILES,
+                          inputs=[datasets.path(args.root)]) if args.out else None
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
-                                        with_bank=not args.zero_shot_only)
+                                        with_bank=not args.zero_shot_only,
+                                        allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
-    test = ADDataset(args.root, args.split, model.config.image_size)
+    split = args.split or datasets.splits(args.root)[1]
+    test = ADDataset(datasets.path(args.root), split, model.config.image_size)
+    test.require_both_classes().check(smallest_side(model.config))
     text = model.text_features(object_name(test.name))
     scores = score_dataset(model, test, text, bank, description=f"testing {test.name}")
     metrics = compute_metrics(scores)
-    if args.out:
-        save_scores(scores, args.out, maps=args.save_maps)
-        write_json(Path(args.out) / "metrics.json",
-                    dict(metrics=metrics, weights=weights_banner(model), dataset=test.name,
-                         checkpoint=str(args.checkpoint)))
+    if output is not None:
+        summary = dict(metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
+                       weights=weights_banner(model), dataset=test.name,
+                       checkpoint=str(args.checkpoint),
+                       weights_warning=payload.get("weights_warning"))
+        with output.writing() as folder:
+            save_scores(scores, folder, maps=args.save_maps)
+            write_json(folder / "metrics.json", summary)
     _report(weights_banner(model), metrics, args.out)
     return 0
 
@@ -232,31 +305,38 @@ def _evaluate(args) -> int:
 def _predict(args) -> int:
     from .data import ImageFolder
     from .evaluate import score_dataset
-    from .experiment import load_trained, weights_banner
+    from .experiment import load_trained, smallest_side, weights_banner
+    from .outputs import PREDICT_FILES, OutputFolder
     from .prompts import object_name
     from .viz import overlay
-    model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device)
+    output = OutputFolder(args.out, "predict", PREDICT_FILES, inputs=[args.images])
+    model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
+                                        allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
-    images = ImageFolder(args.images, model.config.image_size)
+    images = ImageFolder(args.images, model.config.image_size, exclude=[output.path])
+    images.check(smallest_side(model.config))
     text = model.text_features(args.object or object_name(payload.get("dataset", "")))
     scores = score_dataset(model, images, text, bank, has_masks=False, description="predicting")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "scores.csv", "w", newline="") as handle:
+    with output.writing() as folder, open(folder / "scores.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "score", "overlay"])
         for i, path in enumerate(scores.paths):
-            picture = out / f"{i:05d}_{Path(path).stem}.png"
+            picture = folder / f"{i:05d}_{Path(path).stem}.png"
             overlay(images[i]["image"], scores.maps[i]).save(picture)
             writer.writerow([path, f"{float(scores.image_scores[i]):.6g}", picture.name])
-    print(f"{len(scores.paths)} overlays and scores.csv written to {out}")
+    print(f"{len(scores.paths)} overlays and scores.csv written to {output.path}")
     return 0
 
 
 def _sweep(args) -> int:
     from .sweep import run_sweep
-    outcome = run_sweep(args.grid, dry_run=args.dry_run, kernel=args.kernel)
-    return 1 if outcome["failed"] else 0
+    options = {"local": {}, "slurm": {"cluster": args.submitit_cluster},
+               "ray": {"address": args.ray_address}}[args.executor]
+    resources = dict(gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,
+                     timeout_min=args.timeout_min, partition=args.partition)
+    report = run_sweep(args.grid, executor=args.executor, dry_run=args.dry_run,
+                       kernel=args.kernel, force=args.force, resources=resources, **options)
+    return 1 if report.failed else 0
 
 
 def _bench(args) -> int:
@@ -270,7 +350,8 @@ def _bench(args) -> int:
         epochs = 1
     config = MVFAConfig(model_name=args.model_name, pretrained="random",
                         image_size=args.image_size, device=args.device, shots=args.shots,
-                        epochs=epochs, protocol=args.protocol, amp=args.amp)
+                        epochs=epochs, protocol=args.protocol,
+                        precision=args.precision)
     result = run_benchmark(config, repeats=args.repeats, baseline=args.baseline,
                            compile=args.compile, **sizes)
     result["command"] = "mvfa-lite " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
@@ -284,11 +365,10 @@ def _bench(args) -> int:
 def _compare_official(args) -> int:
     from .official import compare_official, default_datasets, format_report
     from .results import write_json
-    data = {"segmentation_data": args.segmentation_data,
-            "classification_data": args.classification_data}
-    if None in data.values():
-        defaults = default_datasets()
-        data = {name: value or defaults[name] for name, value in data.items()}
+    defaults = default_datasets()
+    data = {name: datasets.path(given) if given else defaults[name] for name, given in
+            (("segmentation_data", args.segmentation_data),
+             ("classification_data", args.classification_data))}
     report = compare_official(args.official_dir, official_python=args.official_python,
                               split=args.split, shots=args.shots, model_name=args.model_name,
                               clip_checkpoint=args.clip_checkpoint,

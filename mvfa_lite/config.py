@@ -30,8 +30,14 @@ batch_size             1 (paper-b16: 16)        16: the paper's text; batches us
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
+
+#: the arithmetic of a run (runtime.resolve_precision says what "auto" becomes)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("paper", "paper-b16", "corrected")
 # the training batch size of each protocol when none is given
 PROTOCOL_BATCH_SIZES = {"paper": 1, "paper-b16": 16, "corrected": 16}
@@ -65,26 +71,61 @@ class MVFAConfig:
     normal_only: bool = False              # train on k normal shots only (issue #12)
     # --- execution ---------------------------------------------------------------------
     device: str = "auto"                   # "auto" = cuda when available, else cpu
-    amp: bool = True                       # bf16 autocast on CUDA (ignored on CPU)
+    precision: str = "auto"                # auto, fp32, bf16, fp16 (runtime.resolve_precision)
     memory_chunk: int = 4096               # test patches per nearest-neighbour matmul chunk
 
     overrides: dict = field(default_factory=dict)  # explicit per-quirk overrides (see below)
 
     def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if abs(sum(self.mix) - 1.0) > 1e-6:
-            raise ValueError(f"mix weights must sum to 1 (stream, seg, det); got {self.mix}")
-        if self.batch_size is None:
+        self.mix = tuple(self.mix) if _is_sequence(self.mix) else self.mix
+        self.betas = tuple(self.betas) if _is_sequence(self.betas) else self.betas
+        if _is_sequence(self.levels):
+            self.levels = tuple(self.levels)
+        if self.batch_size is None and self.protocol in PROTOCOL_BATCH_SIZES:
             self.batch_size = PROTOCOL_BATCH_SIZES[self.protocol]
-        self.mix = tuple(self.mix)
-        self.betas = tuple(self.betas)
-        if self.levels is not None:
-            self.levels = tuple(int(level) for level in self.levels)
+        self.validate()
+
+    def validate(self) -> "MVFAConfig":
+        """Check every setting before any work starts; the CLI and the API both end here.
+
+        Raises ConfigError (a ValueError) naming the setting, its command-line option, the
+        value and what is allowed. Returns the config, so ``config.validate()`` chains.
+        """
+        _check("protocol", self.protocol, self.protocol in PROTOCOLS, f"one of {PROTOCOLS}")
+        whole = {"epochs": 1, "batch_size": 1, "shots": 1, "memory_chunk": 1}
+        for name, low in whole.items():
+            _check(name, getattr(self, name), _is_whole(getattr(self, name), low),
+                   f"a whole number >= {low}")
+        _check("seed", self.seed, _is_whole(self.seed, None), "a whole number")
+        for name in ("lr", "zero_shot_lr", "temperature"):
+            value = getattr(self, name)
+            _check(name, value, _is_real(value) and value > 0, "a finite number > 0")
+        _check("beta", self.beta, _is_real(self.beta) and 0 <= self.beta <= 1,
+               "a number in [0, 1] (the zero-shot branch's share of the fused score)")
+        _check("mix", self.mix, _is_sequence(self.mix) and len(self.mix) == 3
+               and all(_is_real(v) and 0 <= v <= 1 for v in self.mix)
+               and abs(sum(self.mix) - 1) <= 1e-6,
+               "three numbers in [0, 1] that sum to 1 (stream, seg adapter, det adapter)")
+        _check("betas", self.betas, _is_sequence(self.betas) and len(self.betas) == 2
+               and all(_is_real(v) and 0 <= v < 1 for v in self.betas),
+               "two Adam coefficients in [0, 1)")
+        for name in ("augment", "normal_only"):
+            value = getattr(self, name)
+            _check(name, value, isinstance(value, bool), "True or False")
+        _check("precision", self.precision, self.precision in PRECISIONS,
+               f"one of {', '.join(PRECISIONS)}")
+        for name in ("model_name", "pretrained", "prompts"):
+            value = getattr(self, name)
+            _check(name, value, isinstance(value, str) and value != "", "a non-empty name")
+        _check("levels", self.levels, self.levels is None or (
+            _is_sequence(self.levels) and len(self.levels) > 0
+            and all(_is_whole(v, 1) for v in self.levels)), "block numbers >= 1")
+        _check_image_size(self.model_name, self.image_size)
+        _check_device(self.device)
         unknown = set(self.overrides) - set(_PROTOCOL_TABLE)
-        if unknown:
-            raise ValueError(f"unknown protocol overrides {sorted(unknown)}; "
-                             f"choose from {sorted(_PROTOCOL_TABLE)}")
+        _check("overrides", sorted(unknown), not unknown,
+               f"protocol quirks, i.e. keys among {sorted(_PROTOCOL_TABLE)}")
+        return self
 
     # --- protocol-derived behaviour (one line each; see the module docstring) ------------
     def _quirk(self, name: str):
@@ -133,6 +174,65 @@ class MVFAConfig:
                 and self.batch_size == PROTOCOL_BATCH_SIZES[self.protocol]):
             changes["batch_size"] = None
         return dataclasses.replace(self, **changes)
+
+
+def _is_whole(value, low) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and (low is None or value >= low))
+
+
+def _is_real(value) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _is_sequence(value) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _option(name: str) -> str:
+    """The command-line option that sets a config field."""
+    return {"model_name": "--model", "augment": "--no-augment"}.get(
+        name, "--" + name.replace("_", "-"))
+
+
+def _check(name: str, value, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name} = {value!r} ({_option(name)}) is not possible: it must be "
+                          f"{allowed}.")
+
+
+def _check_image_size(model_name: str, image_size) -> None:
+    """The image must hold at least one patch of the ViT."""
+    from .backbone import patch_size      # the backbone registry knows each ViT's patch
+    patch = patch_size(model_name) if isinstance(model_name, str) else None
+    low = patch or 1
+    _check("image_size", image_size, _is_whole(image_size, low),
+           f"a whole number of pixels >= {low}" + (f", the patch size of {model_name}"
+                                                   if patch else ""))
+
+
+def _check_device(device) -> None:
+    """'auto', or a device torch knows and this machine has."""
+    import torch
+    allowed = "auto, cpu, cuda or cuda:N (mps on Apple silicon)"
+    if device == "auto":
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        parsed = None
+    _check("device", device, parsed is not None and parsed.type in ("cpu", "cuda", "mps"),
+           allowed)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"device = {device!r} (--device): torch sees no CUDA GPU on this "
+                              "machine; use --device cpu (or auto).")
+        _check("device", device, (parsed.index or 0) < count, f"one of cuda:0 .. cuda:{count - 1}")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device = {device!r} (--device): torch sees no Apple GPU on this "
+                          "machine; use --device cpu (or auto).")
 
 
 #                       name: (paper, corrected)

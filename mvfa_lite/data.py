@@ -1,4 +1,4 @@
-"""Loading medical anomaly-detection datasets in the MVFA / BMAD layout.
+"""Medical anomaly-detection datasets in the MVFA / BMAD layout.
 
 Every dataset split is a folder of this shape::
 
@@ -10,60 +10,49 @@ Every dataset split is a folder of this shape::
 BMAD ships the splits ``valid`` and ``test``; the small embedded sets of this project have a
 single split called ``embedded``.
 
-This module provides
-
-* robust image / mask readers (:func:`load_image`, :func:`load_mask`) that turn any PIL mode,
-  including 16-bit and float images, into 8-bit RGB,
-* the tensor conversions used everywhere else (:func:`image_to_tensor`, :func:`mask_to_tensor`),
-* :class:`ADDataset`, one split of one dataset, and :class:`ImageFolder` for unlabelled images,
-* the few-shot machinery of the paper: reading the official seed files, drawing ``k`` shots per
-  class (:func:`select_shots`, :func:`split_off_shots`) and the offline 11-fold augmentation of
-  the shots (:func:`augment_shots`).
+This module provides :class:`ADDataset`, one split of one dataset, :class:`ImageFolder` for
+unlabelled images, and :func:`bmad_root`. Listing a folder reports broken symbolic links
+named like images; :meth:`ADDataset.check` and :meth:`ImageFolder.check` open every file
+once before any training, so that a bad file stops a run at its start, not after hours.
+Reading the files is :mod:`mvfa_lite.images`; the few-shot selection and augmentation is
+:mod:`mvfa_lite.shots`.
 
 Labels are ``0`` for normal and ``1`` for abnormal images. Every problem with the input data
 raises :class:`~mvfa_lite.errors.DataError` with a message that names the file or folder at
-fault and says how to fix it.
+fault and says how to fix it; doubtful data that can still be used (empty masks, partly NaN
+images) is reported by a :class:`~mvfa_lite.errors.DataWarning` naming the files.
 """
 
 from __future__ import annotations
 
 import copy
-import math
+import errno
 import os
-import random
-import re
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .errors import DataError
+from .errors import DataError, DataWarning
+from .images import (IMAGE_EXTENSIONS, image_to_tensor, inspect_image, is_broken_link,
+                     is_image_file, is_image_name, load_image, load_mask, mask_to_tensor)
 from .runtime import show_progress
 
 __all__ = [
     "ABNORMAL",
-    "AUGMENTATIONS_PER_SHOT",
     "ADDataset",
     "BMAD_KEYS",
-    "IMAGE_EXTENSIONS",
     "ImageFolder",
     "Item",
     "NORMAL",
-    "augment_shots",
+    "OUTPUT_MARKER",
     "bmad_root",
-    "image_to_tensor",
-    "load_image",
-    "load_mask",
-    "mask_to_tensor",
-    "read_seed_file",
-    "select_shots",
-    "split_off_shots",
 ]
 
 PathLike = str | os.PathLike
@@ -71,180 +60,18 @@ PathLike = str | os.PathLike
 NORMAL = 0
 ABNORMAL = 1
 
-#: File name endings (lower case) that are read as images; everything else is ignored.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
 #: The six BMAD datasets, stored as ``<data_root>/<Key>_AD``.
 BMAD_KEYS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
 
-#: Each few-shot image becomes this many training images after :func:`augment_shots`.
-AUGMENTATIONS_PER_SHOT = 11
+#: A folder holding a file of this name was written by mvfa-lite (see mvfa_lite.outputs);
+#: :class:`ImageFolder` never reads images from it.
+OUTPUT_MARKER = ".mvfa-lite-output"
 
 LAYOUT = (
     "<root>/<split>/good/img/*              normal images\n"
     "<root>/<split>/Ungood/img/*            abnormal images\n"
     "<root>/<split>/Ungood/anomaly_mask/*   binary masks (optional), same file names as Ungood/img"
 )
-
-# PIL modes with more than 8 bits per pixel. PIL's own convert("RGB") clips them to 0..255,
-# which makes a typical 16-bit scan almost entirely white, so we rescale them ourselves.
-_HIGH_BIT_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
-# Modes with an alpha channel; the alpha is removed by compositing onto black.
-_ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
-
-
-# --------------------------------------------------------------------------------------------
-# Reading images and masks
-# --------------------------------------------------------------------------------------------
-
-
-def _is_image_file(path: Path) -> bool:
-    """True for visible regular files with an accepted image extension."""
-    return (
-        path.is_file()
-        and not path.name.startswith(".")
-        and path.suffix.lower() in IMAGE_EXTENSIONS
-    )
-
-
-def _open_fully(path: PathLike) -> Image.Image:
-    """Open and completely decode an image, turning every failure into a DataError.
-
-    ``Image.open`` only reads the header; a truncated or corrupt file fails later, on first
-    pixel access. Calling ``load()`` here makes those failures happen inside the ``try``.
-    """
-    try:
-        img = Image.open(path)
-        img.load()
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        reason = str(exc) or type(exc).__name__
-        raise DataError(f"cannot read image {path}: {reason}. Replace or delete the file.") from exc
-    return img
-
-
-def _rescale_to_8bit(img: Image.Image) -> Image.Image:
-    """Map a 16/32-bit integer or float image to 8-bit grey with its own min-max range.
-
-    The darkest pixel becomes 0 and the brightest 255; a constant image becomes all zeros.
-    Non-finite float values (NaN, inf) are treated as the minimum.
-    """
-    values = np.asarray(img, dtype=np.float64)  # (H, W)
-    finite = np.isfinite(values)
-    out = np.zeros(values.shape, dtype=np.uint8)
-    if finite.any():
-        low, high = values[finite].min(), values[finite].max()
-        if high > low:
-            scaled = (np.where(finite, values, low) - low) / (high - low) * 255.0
-            out = np.round(scaled).astype(np.uint8)
-    return Image.fromarray(out, mode="L")
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert a PIL image of any mode to 8-bit RGB (see :func:`load_image`)."""
-    if img.mode in _HIGH_BIT_MODES:
-        img = _rescale_to_8bit(img)
-    if img.mode == "P":
-        # A palette may mark one colour as transparent; keep that information as alpha.
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in _ALPHA_MODES:
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img = Image.alpha_composite(black, rgba)
-    return img.convert("RGB")  # handles L, 1, CMYK, YCbCr, ... and is a no-op for RGB
-
-
-def load_image(path: PathLike) -> Image.Image:
-    """Read an image file as an 8-bit RGB PIL image.
-
-    Every PIL mode is accepted: grey (``L``, ``1``), colour (``RGB``, ``CMYK``, palette ``P``),
-    images with alpha (``LA``, ``RGBA``; composited onto black) and 16/32-bit integer or float
-    images (``I;16``, ``I;16B``, ``I``, ``F``; rescaled to 0..255 with the image's own min-max
-    range instead of being clipped).
-
-    Raises:
-        DataError: the file is missing, corrupt, truncated or not an image.
-    """
-    img = _open_fully(path)
-    try:
-        return _to_rgb(img)
-    except (ValueError, OSError) as exc:
-        raise DataError(
-            f"cannot read image {path}: unsupported image mode {img.mode!r} ({exc}). "
-            "Convert the file to an 8-bit or 16-bit PNG."
-        ) from exc
-
-
-def _binarise_mask(mask: Image.Image) -> Image.Image:
-    """Return an ``L`` image that is 255 where ``mask`` is nonzero and 0 elsewhere."""
-    if mask.mode in _HIGH_BIT_MODES:
-        values = np.asarray(mask)  # (H, W); converting to L first would clip, not binarise
-    else:
-        values = np.asarray(mask.convert("L"))  # (H, W) uint8
-    return Image.fromarray(np.where(values != 0, 255, 0).astype(np.uint8), mode="L")
-
-
-def load_mask(
-    path: PathLike,
-    size_of_image: tuple[int, int],
-    image_path: PathLike | None = None,
-) -> Image.Image:
-    """Read a ground-truth mask as a binary ``L`` image with values {0, 255}.
-
-    Any nonzero value (after conversion to grey) counts as anomalous foreground.
-
-    Args:
-        path: the mask file.
-        size_of_image: ``(width, height)`` of the image the mask belongs to (``PIL`` order).
-        image_path: that image's file, only used to name it in error messages.
-
-    Raises:
-        DataError: the mask cannot be read or its size differs from its image.
-    """
-    mask = _open_fully(path)
-    if mask.size != tuple(size_of_image):
-        image_name = image_path if image_path is not None else "its image"
-        mw, mh = mask.size
-        iw, ih = size_of_image
-        raise DataError(
-            f"mask {path} is {mw}x{mh} pixels but {image_name} is {iw}x{ih}; a mask must have "
-            "exactly the size of its image. Re-export the mask at the image's size, or check "
-            "that mask and image file names are paired correctly."
-        )
-    return _binarise_mask(mask)
-
-
-def image_to_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
-    """Resize an image to ``image_size`` x ``image_size`` (bicubic) and make a tensor.
-
-    Equivalent to torchvision's ``Resize((S, S), BICUBIC)`` followed by ``ToTensor()``; no
-    normalisation is applied here (the backbone does that).
-
-    Returns:
-        float tensor of shape (3, S, S) with values in [0, 1].
-    """
-    if img.mode != "RGB":
-        img = _to_rgb(img)
-    img = img.resize((image_size, image_size), Image.Resampling.BICUBIC)
-    pixels = torch.from_numpy(np.array(img, dtype=np.uint8))  # (S, S, 3) uint8
-    return pixels.permute(2, 0, 1).float().div(255.0)  # (3, S, S)
-
-
-def mask_to_tensor(mask: Image.Image, image_size: int) -> torch.Tensor:
-    """Resize a mask to ``image_size`` x ``image_size`` (nearest) and make a {0, 1} tensor.
-
-    Any nonzero source value is foreground (the mask is binarised to {0, 255} first).
-
-    Returns:
-        float tensor of shape (S, S) with values in {0, 1}.
-    """
-    mask = _binarise_mask(mask).resize((image_size, image_size), Image.Resampling.NEAREST)
-    pixels = torch.from_numpy(np.array(mask, dtype=np.uint8))  # (S, S) uint8 in {0, 255}
-    return (pixels > 127).float()  # (S, S)
-
-
-# --------------------------------------------------------------------------------------------
-# Datasets
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -257,11 +84,36 @@ class Item:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by file name."""
-    return sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+    """Image files directly inside ``folder``, sorted by file name.
+
+    Raises:
+        DataError: some entries named like images are symbolic links that do not resolve.
+    """
+    entries = [p for p in folder.iterdir() if is_image_name(p)]
+    _refuse_broken_links(entries)
+    return sorted((p for p in entries if is_image_file(p)), key=lambda p: p.name)
 
 
-def _list_names(paths: Sequence[Path], limit: int = 5) -> str:
+def _refuse_broken_links(paths: Sequence[Path]) -> None:
+    """Raise DataError naming the symbolic links among ``paths`` that lead nowhere."""
+    broken = sorted(p for p in paths if is_broken_link(p))
+    if broken:
+        raise DataError(
+            f"symbolic link(s) named like images that do not resolve: "
+            f"{_list_names([_describe_link(p) for p in broken])}. Repair the links or delete "
+            "them (mvfa-lite does not skip images silently).")
+
+
+def _describe_link(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} (a loop of links)"
+    return f"{path} -> {os.readlink(path)} (missing)"
+
+
+def _list_names(paths: Sequence[Path | str], limit: int = 5) -> str:
     """``'a.png, b.png'`` for the first ``limit`` paths, with a count of the rest."""
     shown = ", ".join(str(p) for p in paths[:limit])
     return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
@@ -315,6 +167,54 @@ def _pair_masks(images: list[Path], image_dir: Path, mask_dir: Path) -> list[Pat
             f"image with the same file name in {image_dir}. Add the image or delete the mask."
         )
     return paired
+
+
+def _inspect(item: Item, min_side: int) -> tuple[str | None, set[str]]:
+    """Decode one item's image (and mask) -> (problem or None, findings).
+
+    Findings: ``"non_finite"`` (some NaN / inf pixels), ``"empty_mask"``, ``"full_mask"``.
+    """
+    try:
+        size, non_finite = inspect_image(item.image_path)
+        if min(size) < min_side:
+            return (f"image {item.image_path} is {size[0]}x{size[1]} pixels, smaller than one "
+                    f"{min_side}x{min_side} patch of the backbone. Remove it or replace it with "
+                    "the full-size image."), set()
+        findings = {"non_finite"} if non_finite else set()
+        if item.mask_path is not None:
+            foreground = np.asarray(load_mask(item.mask_path, size, item.image_path)) > 0
+            findings |= {"empty_mask"} if not foreground.any() else set()
+            findings |= {"full_mask"} if foreground.all() else set()
+        return None, findings
+    except DataError as error:
+        return str(error), set()
+
+
+def _check_items(items: list[Item], min_side: int, description: str,
+                 progress: bool) -> dict[str, list[Path]]:
+    """Decode every item in parallel; raise one DataError for every unusable file, return
+    the image paths of each finding (see :func:`_inspect`)."""
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:  # PIL decodes without holding the GIL
+        results = list(tqdm(pool.map(lambda item: _inspect(item, min_side), items),
+                            total=len(items), desc=description, unit="img",
+                            disable=not show_progress(progress)))
+    problems = [(item.image_path, problem) for item, (problem, _) in zip(items, results)
+                if problem is not None]
+    if len(problems) == 1:
+        raise DataError(problems[0][1])
+    if problems:
+        raise DataError(f"{len(problems)} images cannot be used; fix or remove them. First: "
+                        f"{problems[0][1]} Also: {_list_names([p for p, _ in problems[1:]])}.")
+    found: dict[str, list[Path]] = {"non_finite": [], "empty_mask": [], "full_mask": []}
+    for item, (_, findings) in zip(items, results):
+        for finding in findings:
+            found[finding].append(item.image_path)
+    if found["non_finite"]:
+        warnings.warn(f"{len(found['non_finite'])} image(s) hold NaN or inf pixels, drawn as "
+                      f"the darkest value: {_list_names(found['non_finite'])}.", DataWarning,
+                      stacklevel=3)
+    return found
 
 
 class ADDataset(Dataset):
@@ -447,6 +347,49 @@ class ADDataset(Dataset):
         part.items = [self.items[i] for i in indices]
         return part
 
+    def check(self, min_side: int = 1, progress: bool = True) -> ADDataset:
+        """Open every image and mask once, before any training; returns ``self``.
+
+        Raises:
+            DataError: naming every image that cannot be decoded, holds no finite pixel or
+                is smaller than ``min_side`` (the backbone's patch), and every mask that
+                cannot be read or differs in size from its image.
+
+        Warns (:class:`~mvfa_lite.errors.DataWarning`), naming the files: images with some
+        NaN / inf pixels; masks that mark no pixel (the pixel metrics count those images'
+        pixels as normal, and are left out when no mask marks any pixel); masks that cover
+        the whole image.
+        """
+        where = self.root / self.split
+        found = _check_items(self.items, min_side, f"checking {self.name}/{self.split}",
+                             progress)
+        empty, full = found["empty_mask"], found["full_mask"]
+        if empty:
+            dropped = (" No mask of this split marks any pixel, so its pixel metrics "
+                       "(pixel_auroc, pixel_ap, aupro) are left out."
+                       if len(empty) == self.num_abnormal else "")
+            warnings.warn(
+                f"{len(empty)} abnormal image(s) of {where} have an empty mask: "
+                f"{_list_names(empty)}. Masks are foreground above half their value range "
+                "(above 127 in 8-bit files), as in the official code, so a mask saved as 0/1 "
+                f"reads as empty: save lesions as 255.{dropped}", DataWarning, stacklevel=2)
+        if full:
+            warnings.warn(
+                f"{len(full)} mask(s) of {where} mark the whole image as lesion: "
+                f"{_list_names(full)}. Check that they are not inverted (lesion white, "
+                "background black).", DataWarning, stacklevel=2)
+        return self
+
+    def require_both_classes(self, role: str = "test") -> ADDataset:
+        """Raise DataError unless the split holds normal and abnormal images; returns ``self``."""
+        if self.num_normal == 0 or self.num_abnormal == 0:
+            raise DataError(
+                f"the {role} split {self.root / self.split} holds {self.num_normal} normal and "
+                f"{self.num_abnormal} abnormal images; image AUROC and the other metrics need "
+                "both classes. Add images of the missing class (good/img or Ungood/img) or "
+                "choose another split.")
+        return self
+
     def load_all(self, progress: bool = True) -> dict:
         """Load every item into memory and stack them.
 
@@ -478,15 +421,19 @@ class ImageFolder(Dataset):
     """Unlabelled images for prediction: every image file below ``root``, sorted by path.
 
     The folder is scanned recursively; hidden files and folders and files with other
-    extensions are skipped. ``root`` may also be a single image file. Items are dicts with
-    ``image`` (3, S, S) in [0, 1] and ``path`` (str).
+    extensions are skipped, and so are the folders in ``exclude`` (the command's own output
+    folder) and every folder written by mvfa-lite (it holds :data:`OUTPUT_MARKER`), so that
+    earlier overlays are never scored as images. ``root`` may also be a single image file.
+    Items are dicts with ``image`` (3, S, S) in [0, 1] and ``path`` (str).
     """
 
-    def __init__(self, root: PathLike, image_size: int = 240) -> None:
+    def __init__(self, root: PathLike, image_size: int = 240,
+                 exclude: Sequence[PathLike] = ()) -> None:
         _check_image_size(image_size)
         self.root = Path(root)
         self.image_size = image_size
-        if self.root.is_file() and _is_image_file(self.root):
+        _refuse_broken_links([self.root] if is_image_name(self.root) else [])
+        if self.root.is_file() and is_image_file(self.root):
             self.paths = [self.root]
             return
         if not self.root.is_dir():
@@ -494,17 +441,41 @@ class ImageFolder(Dataset):
                 f"image folder {self.root} does not exist. Give a folder of images (or one "
                 "image file)."
             )
-        self.paths = sorted(
-            p
-            for p in self.root.rglob("*")
-            if _is_image_file(p)
-            and not any(part.startswith(".") for part in p.relative_to(self.root).parts)
-        )
+        self.paths, skipped = self._scan({Path(os.path.realpath(p)) for p in exclude})
+        if skipped:
+            warnings.warn(f"not reading {_list_names(skipped)}: folder(s) written by mvfa-lite, "
+                          "whose overlays are outputs, not images to score.", DataWarning,
+                          stacklevel=2)
         if not self.paths:
             raise DataError(
                 f"image folder {self.root} contains no images (accepted extensions: "
                 f"{' '.join(IMAGE_EXTENSIONS)}). Add images or choose another folder."
             )
+
+    def _scan(self, exclude: set[Path]) -> tuple[list[Path], list[Path]]:
+        """-> (image files, skipped output folders), walking ``root`` without following links
+        to folders."""
+        paths, skipped = [], []
+        for folder, subfolders, files in os.walk(self.root):
+            folder = Path(folder)
+            if Path(os.path.realpath(folder)) in exclude:
+                subfolders.clear()
+                continue
+            if OUTPUT_MARKER in files:
+                skipped.append(folder)
+                subfolders.clear()
+                continue
+            subfolders[:] = [s for s in subfolders if not s.startswith(".")]
+            named = [folder / name for name in files if is_image_name(Path(name))]
+            _refuse_broken_links(named)
+            paths += [p for p in named if is_image_file(p)]
+        return sorted(paths), sorted(skipped)
+
+    def check(self, min_side: int = 1, progress: bool = True) -> ImageFolder:
+        """Open every image once before scoring (see :meth:`ADDataset.check`); returns ``self``."""
+        items = [Item(path, None, -1) for path in self.paths]
+        _check_items(items, min_side, f"checking {self.root}", progress)
+        return self
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -531,282 +502,3 @@ def bmad_root(data_root: PathLike, key: str) -> Path:
         "Download the BMAD archives linked from the MVFA README (Google Drive) and extract "
         f"them into {data_root}, so that it contains {key}_AD/."
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Few-shot selection
-# --------------------------------------------------------------------------------------------
-
-_SEED_LINE = re.compile(r"^(?P<kind>[an])-(?P<iterate>\d+)\s*:(?P<names>.*)$")
-
-
-def read_seed_file(path: PathLike, iterate: int = 0) -> tuple[list[str], list[str]]:
-    """Read the image names of one few-shot draw from an official MVFA seed file.
-
-    The file has lines such as::
-
-        a-0: 01471_60.png 00124_80.png     abnormal shots of draw 0
-        n-0: 01368_60.png 00303_99.png     normal shots of draw 0
-
-    Args:
-        path: the seed file.
-        iterate: which draw to read (the number after ``a-`` / ``n-``).
-
-    Returns:
-        ``(normal_names, abnormal_names)``; a list is empty if the file has no line of that
-        kind for ``iterate`` (e.g. normal-only seed files).
-
-    Raises:
-        DataError: unreadable file, malformed line, or no line for ``iterate``.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read seed file {path}: {exc}. Check the path.") from exc
-
-    draws: dict[tuple[str, int], list[str]] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line:
-            continue
-        match = _SEED_LINE.match(line)
-        if match is None:
-            raise DataError(
-                f"seed file {path}, line {number}: cannot parse {line!r}. Expected lines like "
-                "'a-0: x.png y.png' (abnormal) or 'n-0: x.png y.png' (normal)."
-            )
-        key = (match["kind"], int(match["iterate"]))
-        draws[key] = match["names"].split()
-
-    if ("n", iterate) not in draws and ("a", iterate) not in draws:
-        available = sorted({it for _, it in draws})
-        raise DataError(
-            f"seed file {path} has no draw {iterate} (no 'a-{iterate}:' or 'n-{iterate}:' line). "
-            f"Draws in the file: {', '.join(map(str, available)) or 'none'}. Use one of those."
-        )
-    return draws.get(("n", iterate), []), draws.get(("a", iterate), [])
-
-
-def _indices_by_name(
-    dataset: ADDataset,
-    candidates: list[int],
-    names: list[str],
-    kind: str,
-    k: int,
-    seed_file: PathLike,
-) -> list[int]:
-    """Indices (among ``candidates``) of the images called ``names[:k]``.
-
-    Names match the file name; a stem match is accepted if the extension differs.
-    """
-    if len(names) < k:
-        raise DataError(
-            f"seed file {seed_file} lists {len(names)} {kind} image(s) for this draw, but k={k} "
-            "were requested. Use a smaller k or the seed file made for this k."
-        )
-    lookup: dict[str, int] = {}
-    for i in candidates:
-        path = dataset.items[i].image_path
-        lookup.setdefault(path.stem, i)
-    for i in candidates:  # exact file names take precedence over stems
-        lookup[dataset.items[i].image_path.name] = i
-
-    wanted = names[:k]
-    missing = [n for n in wanted if n not in lookup and Path(n).stem not in lookup]
-    if missing:
-        folder = "good/img" if kind == "normal" else "Ungood/img"
-        raise DataError(
-            f"seed file {seed_file} names {kind} image(s) that are not in "
-            f"{dataset.root / dataset.split / folder}: {', '.join(missing)}. Use the seed file "
-            "that belongs to this dataset, or add the images."
-        )
-    return [lookup[n] if n in lookup else lookup[Path(n).stem] for n in wanted]
-
-
-def select_shots(
-    dataset: ADDataset,
-    k: int,
-    *,
-    seed: int | None = None,
-    seed_file: PathLike | None = None,
-    iterate: int = 0,
-    normal_only: bool = False,
-) -> list[int]:
-    """Choose the few-shot training images: ``k`` normal and ``k`` abnormal ones.
-
-    The choice comes from an official seed file if ``seed_file`` is given (draw ``iterate``);
-    otherwise it is a random draw with ``random.Random(seed)`` per class, deterministic for a
-    given ``seed`` (``seed=None`` draws non-reproducibly).
-
-    Returns:
-        indices into ``dataset.items``: the normal shots first, then the abnormal ones (only
-        the ``k`` normal ones if ``normal_only``); each class in ascending index order.
-
-    Raises:
-        DataError: ``k < 1``, too few images of a class, or seed-file names not in the dataset.
-    """
-    normal = [i for i, item in enumerate(dataset.items) if item.label == NORMAL]
-    abnormal = [i for i, item in enumerate(dataset.items) if item.label == ABNORMAL]
-    where = dataset.root / dataset.split
-    counts = f"{where} has {len(normal)} normal and {len(abnormal)} abnormal images"
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise DataError(f"k={k!r} shots is not possible ({counts}). Use a whole number k >= 1.")
-    if len(normal) < k or (not normal_only and len(abnormal) < k):
-        needed = f"{k} normal" if normal_only else f"{k} normal and {k} abnormal"
-        raise DataError(
-            f"k={k} shots need {needed} images, but {counts}. Use a smaller k or add images."
-        )
-
-    pools = [(normal, "normal")] if normal_only else [(normal, "normal"), (abnormal, "abnormal")]
-    if seed_file is not None:
-        normal_names, abnormal_names = read_seed_file(seed_file, iterate)
-        names = {"normal": normal_names, "abnormal": abnormal_names}
-        picks = [
-            _indices_by_name(dataset, pool, names[kind], kind, k, seed_file) for pool, kind in pools
-        ]
-    else:
-        rng = random.Random(seed)
-        picks = [rng.sample(pool, k) for pool, _ in pools]
-    return [i for pick in picks for i in sorted(pick)]
-
-
-def split_off_shots(
-    dataset: ADDataset, k: int, seed: int, normal_only: bool = False
-) -> tuple[ADDataset, ADDataset]:
-    """Split a single-split dataset into few-shot support images and the rest for testing.
-
-    Returns:
-        ``(support, rest)``, disjoint subsets of ``dataset``; ``support`` holds the shots of
-        :func:`select_shots` (seeded draw).
-
-    Raises:
-        DataError: as :func:`select_shots`, or the rest would lack a class for evaluation.
-    """
-    shots = select_shots(dataset, k, seed=seed, normal_only=normal_only)
-    taken = set(shots)
-    rest = dataset.subset([i for i in range(len(dataset)) if i not in taken])
-    if rest.num_normal == 0 or rest.num_abnormal == 0:
-        raise DataError(
-            f"after taking the {k}-shot support images from {dataset.root / dataset.split}, the "
-            f"remaining images are {rest.num_normal} normal and {rest.num_abnormal} abnormal; "
-            "evaluation needs at least one of each. Use a smaller k or add images."
-        )
-    return dataset.subset(shots), rest
-
-
-# --------------------------------------------------------------------------------------------
-# Offline augmentation of the few-shot images
-# --------------------------------------------------------------------------------------------
-
-
-def _affine_matrices() -> list[torch.Tensor | None]:
-    """The 11 affine maps of :func:`augment_shots` as (2, 3) matrices (``None`` = identity).
-
-    A matrix maps output coordinates to input coordinates in the normalised [-1, 1] grid of
-    ``F.affine_grid``.
-    """
-
-    def rotation(angle: float) -> torch.Tensor:
-        c, s = math.cos(angle), math.sin(angle)
-        return torch.tensor([[c, -s, 0.0], [s, c, 0.0]])
-
-    def translation(dx: float, dy: float) -> torch.Tensor:
-        return torch.tensor([[1.0, 0.0, dx], [0.0, 1.0, dy]])
-
-    return [
-        None,  # the original image, copied unchanged
-        rotation(math.pi / 16),
-        rotation(-math.pi / 16),
-        rotation(math.pi / 8),
-        rotation(-math.pi / 8),
-        translation(0.1, 0.1),
-        translation(0.1, -0.1),
-        translation(-0.1, 0.1),
-        translation(-0.1, -0.1),
-        torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),  # horizontal flip
-        torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]),  # vertical flip
-    ]
-
-
-def augment_shots(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Enlarge the few-shot set 11-fold with fixed geometric transforms, as MVFA does offline.
-
-    The transforms are: the original; rotations by +pi/16, -pi/16, +pi/8, -pi/8; translations
-    by (+-0.1, +-0.1) in normalised coordinates (all four sign pairs); horizontal flip;
-    vertical flip. They are applied with ``affine_grid`` + ``grid_sample`` (bilinear,
-    reflection padding so no black borders appear). Masks get the same warp and are
-    re-binarised at 0.5.
-
-    Args:
-        images: (N, 3, S, S) float.
-        masks: (N, S, S) float in {0, 1}.
-
-    Returns:
-        ``(images, masks)`` of shapes (11N, 3, S, S) and (11N, S, S), transform-major: rows
-        ``t*N .. t*N+N-1`` hold all N inputs under transform ``t``, so the first N rows are the
-        originals. Labels therefore repeat as ``labels.repeat(11)``.
-    """
-    if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0]:
-        raise ValueError(
-            f"augment_shots expects images (N, C, H, W) and masks (N, H, W), got "
-            f"{tuple(images.shape)} and {tuple(masks.shape)}"
-        )
-    n = images.shape[0]
-    masks_4d = masks.unsqueeze(1).to(images.dtype)  # (N, 1, H, W)
-    out_images, out_masks = [], []
-    for theta in _affine_matrices():
-        if theta is None:
-            out_images.append(images.clone())
-            out_masks.append((masks_4d > 0.5).to(images.dtype))
-            continue
-        theta = theta.to(images).expand(n, 2, 3)  # (N, 2, 3), same map for every image
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)  # (N, H, W, 2)
-        warp = dict(mode="bilinear", padding_mode="reflection", align_corners=False)
-        out_images.append(F.grid_sample(images, grid, **warp))  # (N, C, H, W)
-        warped_masks = F.grid_sample(masks_4d, grid, **warp)  # (N, 1, H, W)
-        out_masks.append((warped_masks > 0.5).to(images.dtype))
-    return torch.cat(out_images), torch.cat(out_masks).squeeze(1)  # (11N, C, H, W), (11N, H, W)
-
-
-# --------------------------------------------------------------------------------------------
-# The small embedded datasets used by the tests, the notebooks and the book
-# --------------------------------------------------------------------------------------------
-
-_REPO = Path(__file__).resolve().parent.parent
-EMBEDDED_SETS = ("chestxray_kermany224", "busi", "brainmri_navoneel")
-
-
-def embedded_root(name: str) -> Path:
-    """Folder of an embedded set: ``<repo>/data/<name>`` (the CC BY 4.0 chest X-rays ship
-    there), else ``$MVFA_SHARED_DATA/<name>``, else ``<repo>/../shared/data/<name>``."""
-    if name not in EMBEDDED_SETS:
-        raise DataError(f"unknown embedded set {name!r}; choose from {', '.join(EMBEDDED_SETS)}.")
-    places = [_REPO / "data", Path(os.environ.get("MVFA_SHARED_DATA", _REPO.parent / "shared" / "data"))]
-    for place in places:
-        if (place / name / "embedded").is_dir():
-            return place / name
-    raise DataError(
-        f"embedded set {name!r} not found in {' or '.join(str(p) for p in places)}. Only the chest "
-        "X-rays ship with mvfa-lite (their licence allows it); for busi or brainmri_navoneel set "
-        "MVFA_SHARED_DATA to the folder holding them, or use chestxray_kermany224.")
-
-
-def dataset_root(spec: str | os.PathLike, fallback: str | None = "chestxray_kermany224") -> Path:
-    """A dataset folder from an embedded set's name or a path.
-
-    If ``spec`` names an embedded set that is not on this machine, ``fallback`` is used
-    instead (with a printed note), so that notebooks run anywhere, Colab included.
-    """
-    if str(spec) not in EMBEDDED_SETS:
-        path = Path(spec).expanduser()
-        if not path.is_dir():
-            raise DataError(f"dataset folder {path} does not exist. Give a folder in the BMAD "
-                            f"layout or one of the embedded sets: {', '.join(EMBEDDED_SETS)}.")
-        return path
-    try:
-        return embedded_root(str(spec))
-    except DataError as error:
-        if fallback is None or fallback == spec:
-            raise
-        print(f"note: {error}\nusing {fallback!r} instead.")
-        return embedded_root(fallback)

@@ -51,7 +51,7 @@ class StemSet:
         loader = DataLoader(dataset, batch_size=batch_size,
                             num_workers=loader_workers(model.device))
         for batch in loader:
-            with autocast(model.device, model.config.amp):
+            with autocast(model.device, model.config.precision):
                 parts["stem"].append(model.stem(batch["image"]))
             for key in ("mask", "label", "path"):
                 parts[key].append(batch[key])
@@ -82,7 +82,7 @@ def build_memory_bank(model: MVFA, normal_images: torch.Tensor | None = None,
     """Adapted features of normal images (M, 3, S, S), or of their cached ``stems``
     (M, T, W): the few-shot branch's memory."""
     features = []
-    with autocast(model.device, model.config.amp):
+    with autocast(model.device, model.config.precision):
         if stems is not None:
             features = [model(stem=batch) for batch in stems.split(batch_size)]
         else:
@@ -113,7 +113,7 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
     paths = []
     for batch in tqdm(batches, desc=description, unit="batch",
                       disable=not show_progress(progress)):
-        with autocast(model.device, config.amp):
+        with autocast(model.device, config.precision):
             features = model(stem=batch["stem"]) if "stem" in batch else \
                 model(batch["image"].to(model.device, non_blocking=True))
         zero_map, zero_det = zero_shot(features, text, config.temperature, size)
@@ -147,16 +147,26 @@ def _combine(raw: dict, few: bool, has_masks: bool, rule: str, beta: float):
     return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps
 
 
-def compute_metrics(scores: Scores) -> dict[str, float]:
-    """Image metrics always; pixel metrics when ground-truth masks exist."""
+def compute_metrics(scores: Scores, device: str | torch.device | None = None) -> dict[str, float]:
+    """Image metrics always; pixel metrics when ground-truth masks exist.
+
+    The pixel metrics sort every pixel's score: seconds for 200 M pixels on a CPU,
+    milliseconds on a GPU, so they run on ``device`` (default: a CUDA GPU when there is one;
+    the CPU if that GPU runs out of memory). The results do not depend on the device.
+    """
     finite = torch.isfinite(scores.image_scores)
     if not finite.all():
         raise MetricError(f"{int((~finite).sum())} of {len(finite)} image scores are non-finite "
                           "(NaN or inf): the model diverged. Retrain with a lower learning rate "
-                          "or without mixed precision (--no-amp).")
-    masks = scores.masks.numpy() if scores.masks is not None else None
-    return metrics.summarize(scores.labels.numpy(), scores.image_scores.numpy(),
-                             masks, scores.maps.numpy() if masks is not None else None)
+                          "or in fp32 (--precision fp32).")
+    if scores.masks is None:
+        return metrics.summarize(scores.labels, scores.image_scores)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return metrics.summarize(scores.labels, scores.image_scores, scores.masks.to(device),
+                                 scores.maps.to(device))
+    except torch.cuda.OutOfMemoryError:
+        return metrics.summarize(scores.labels, scores.image_scores, scores.masks, scores.maps)
 
 
 def save_scores(scores: Scores, folder: str | Path, maps: bool = False) -> Path:

@@ -7,6 +7,12 @@ This is where the protocol decides which data plays which role:
 * the epoch is selected on the **test** set under the paper protocol (as the official code
   does), and on validation data under the corrected one: the support split's images that
   are not shots, when they hold both classes; otherwise the last epoch is kept.
+
+Nothing is trained before every input has been checked: the settings
+(:meth:`MVFAConfig.validate`), the output folder (created and writable), both classes in the
+test split, and every image and mask opened once (:meth:`ADDataset.check`). The results are
+written into a staging folder and swapped in whole (:mod:`mvfa_lite.outputs`), so a run
+killed at any moment leaves the previous complete result.
 """
 from __future__ import annotations
 
@@ -16,15 +22,20 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_adapters, read_checkpoint, save_checkpoint
+from .backbone import patch_size
+from .checkpoint import check_normal_shots, load_adapters, read_checkpoint, save_checkpoint
 from .config import MVFAConfig
-from .data import ADDataset, image_to_tensor, load_image, select_shots, split_off_shots
-from .errors import DataError
+from .data import ADDataset
+from .errors import CheckpointError, DataError
 from .evaluate import Scores, build_memory_bank, compute_metrics, save_scores, score_dataset
+from .images import image_to_tensor, load_image
+from .metrics import pixel_metrics_absent
 from .model import MVFA
+from .outputs import TRAIN_FILES, OutputFolder
 from .prompts import object_name
 from .results import write_json
-from .runtime import resolve_device, seed_everything
+from .runtime import resolve_device, resolve_precision, seed_everything
+from .shots import select_shots, split_off_shots
 from .train import TrainResult, normal_bank_images, shot_set, train_few_shot, train_zero_shot
 
 
@@ -52,23 +63,34 @@ def weights_banner(model: MVFA) -> str:
     return line
 
 
+def smallest_side(config: MVFAConfig) -> int:
+    """The smallest usable image side: one patch of the backbone."""
+    return patch_size(config.model_name) or 1
+
+
 def few_shot_data(config: MVFAConfig, root, support_split: str = "valid",
-                  test_split: str = "test", seed_file=None, iterate: int = 0):
-    """-> (support, test, selection set or None) following the module docstring's rules."""
+                  test_split: str = "test", seed_file=None, iterate: int = 0,
+                  progress: bool = True):
+    """-> (support, test, selection set or None) following the module docstring's rules;
+    every image of the splits used is opened once first (ADDataset.check)."""
+    side = smallest_side(config)
     if support_split == test_split:
         if seed_file is not None:
             raise DataError("a seed file selects shots from a separate support split; with "
                             f"support split = test split ({test_split!r}) the shots are drawn "
                             "at random. Drop --seed-file or give a different --support-split.")
-        support, test = split_off_shots(ADDataset(root, test_split, config.image_size),
-                                        config.shots, config.seed, config.normal_only)
+        whole = ADDataset(root, test_split, config.image_size)
+        support, test = split_off_shots(whole, config.shots, config.seed, config.normal_only)
+        whole.check(side, progress)
         validation = None
     else:
         pool = ADDataset(root, support_split, config.image_size)
         chosen = select_shots(pool, config.shots, seed=config.seed, seed_file=seed_file,
                               iterate=iterate, normal_only=config.normal_only)
+        test = ADDataset(root, test_split, config.image_size).require_both_classes()
+        pool.check(side, progress)
+        test.check(side, progress)
         support = pool.subset(chosen)
-        test = ADDataset(root, test_split, config.image_size)
         rest = pool.subset([i for i in range(len(pool)) if i not in set(chosen)])
         validation = rest if rest.num_normal and rest.num_abnormal else None
     selection = test if config.selection == "test" else validation
@@ -82,9 +104,11 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
     """Few-shot protocol on one dataset: train on the shots, evaluate on the test split.
 
     With ``out``: writes metrics.json, scores.csv (+ maps.npz) and adapters.pth there."""
+    config.validate()
+    output = OutputFolder(out, "train", TRAIN_FILES, inputs=[root]) if out is not None else None
     seed_everything(config.seed)
     support, test, selection = few_shot_data(config, root, support_split, test_split,
-                                             seed_file, iterate)
+                                             seed_file, iterate, progress)
     model = build_model(config, clip_checkpoint)
     if progress:
         print(weights_banner(model))
@@ -97,7 +121,7 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
         bank = build_memory_bank(model, normal_bank_images(shots))
         scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
                                progress=progress, description=f"testing {test.name}")
-    run = _finish(model, scores, result, out, save_maps, save_adapters, setting="few-shot",
+    run = _finish(model, scores, result, output, save_maps, save_adapters, setting="few-shot",
                   dataset=test.name,
                   normal_shots=[item.image_path.resolve().as_posix() for item in support.items
                                 if item.label == 0],
@@ -110,12 +134,17 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
                   clip_checkpoint=None, progress: bool = True, save_maps: bool = False,
                   save_adapters: bool = True) -> Run:
     """Leave-one-dataset-out: train on the source datasets, test on the unseen target."""
+    config.validate()
+    output = OutputFolder(out, "train", TRAIN_FILES, inputs=[target_root, *source_roots]) \
+        if out is not None else None
     seed_everything(config.seed)
     test = ADDataset(target_root, test_split, config.image_size)
     sources = [ADDataset(root, source_split, config.image_size) for root in source_roots]
     if any(s.name == test.name for s in sources):
         raise DataError(f"the target {test.name} is among the source datasets; leave it out "
                         "(zero-shot means the target is never seen in training).")
+    for dataset in (test.require_both_classes(), *sources):
+        dataset.check(smallest_side(config), progress)
     model = build_model(config, clip_checkpoint)
     if progress:
         print(weights_banner(model))
@@ -129,7 +158,7 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
     else:
         scores = score_dataset(model, test, model.text_features(object_name(test.name)),
                                progress=progress, description=f"testing {test.name}")
-    return _finish(model, scores, result, out, save_maps, save_adapters, setting="zero-shot",
+    return _finish(model, scores, result, output, save_maps, save_adapters, setting="zero-shot",
                    dataset=test.name, sources=[s.name for s in sources],
                    selection=_describe(selection, test), train_seconds=train_seconds)
 
@@ -140,47 +169,53 @@ def _describe(selection, test) -> str:
     return "test set (paper protocol)" if selection is test else "validation images"
 
 
-def _finish(model: MVFA, scores: Scores, result: TrainResult, out, save_maps: bool,
-            save_adapters: bool, **facts) -> Run:
+def _finish(model: MVFA, scores: Scores, result: TrainResult, output: OutputFolder | None,
+            save_maps: bool, save_adapters: bool, **facts) -> Run:
     metrics = compute_metrics(scores)
-    summary = dict(facts, metrics=metrics, protocol=model.config.protocol,
+    summary = dict(facts, metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
+                   protocol=model.config.protocol,
+                   precision=resolve_precision(model.config.precision, model.device),
                    weights=weights_banner(model), backbone=model.identity,
                    best_epoch=result.best_epoch, history=result.history,
                    config=model.config.to_dict())
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        if save_adapters:
-            save_checkpoint(model, out / "adapters.pth", dataset=facts["dataset"],
-                            normal_shots=facts.get("normal_shots", []))
-        save_scores(scores, out, maps=save_maps)
-        write_json(out / "metrics.json", summary)
+    if output is not None:
+        with output.writing() as folder:     # swapped in whole once every file is written
+            if save_adapters:
+                save_checkpoint(model, folder / "adapters.pth", dataset=facts["dataset"],
+                                normal_shots=facts.get("normal_shots", []))
+            save_scores(scores, folder, maps=save_maps)
+            write_json(folder / "metrics.json", summary)
     return Run(model, metrics, scores, result, summary)
 
 
-def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True):
+def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True,
+                 allow_other_weights: bool = False):
     """A trained model and its memory bank (rebuilt from the normal shots listed in the
-    checkpoint; None for zero-shot checkpoints or ``with_bank=False``).
+    checkpoint, refused when one has changed; None for zero-shot checkpoints or
+    ``with_bank=False``). Other CLIP weights than the checkpoint's are refused unless
+    ``allow_other_weights`` (then with a warning, see checkpoint.load_adapters).
 
     Returns (model, bank, checkpoint payload)."""
     payload = read_checkpoint(checkpoint)
-    config = MVFAConfig.from_dict({**payload["config"], "device": device})
+    try:
+        config = MVFAConfig.from_dict({**payload["config"], "device": "cpu"})
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"checkpoint {checkpoint} has an unusable config entry ({error}); "
+                              "it was damaged or edited. Retrain it with `mvfa-lite train`."
+                              ) from None
+    config = config.replace(device=device)   # a bad device is the caller's, not the checkpoint's
     model = build_model(config, clip_checkpoint)
-    load_adapters(model, checkpoint)
+    payload = load_adapters(model, checkpoint, allow_other_weights)
     model.eval()
     bank = None
-    if with_bank and payload.get("normal_shots"):
-        bank = build_memory_bank(model, _normal_shot_images(payload["normal_shots"], config))
+    if with_bank and payload["normal_shots"]:
+        shots = check_normal_shots(payload, checkpoint)
+        bank = build_memory_bank(model, _normal_shot_images(shots, config))
     return model, bank, payload
 
 
 def _normal_shot_images(paths: list[str], config: MVFAConfig) -> torch.Tensor:
     """The memory bank's images, reloaded from the checkpoint's list of normal shots."""
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise DataError(f"the checkpoint's normal shots are gone (first: {missing[0]}); the "
-                        "few-shot memory bank is built from them. Restore them, retrain, or "
-                        "use --zero-shot-only.")
     images = torch.stack([image_to_tensor(load_image(p), config.image_size) for p in paths])
     blank = torch.zeros(len(paths), config.image_size, config.image_size)
     return shot_set(images, blank, torch.zeros(len(paths)), config.augment).images

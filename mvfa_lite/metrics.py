@@ -1,36 +1,39 @@
 """Evaluation metrics for anomaly classification (image level) and segmentation (pixel level).
 
-Every function takes numpy arrays (or anything ``np.asarray`` accepts, such as CPU tensors)
-and returns plain Python floats. Label convention: 0 = normal, 1 = abnormal; a higher score
-means "more anomalous".
+Every function takes numpy arrays or torch tensors (on any device) and returns plain Python
+floats. Label convention: 0 = normal, 1 = abnormal; a higher score means "more anomalous".
 
-Image-level metrics delegate to scikit-learn. Pixel-level test sets are too large for that
-(3,715 images of 240x240 are 214 M pixels), so :func:`pixel_auroc` and
-:func:`pixel_average_precision` reduce the scores to a histogram first, processing a few
-images at a time so that memory stays bounded:
+Image-level metrics delegate to scikit-learn. Pixel-level test sets are too large for it
+(3,715 images of 240x240 are 214 M pixels: minutes and gigabytes), so the pixel metrics are
+computed here, exactly, from one sort:
 
-* the scores are min-max scaled and split into ``PIXEL_BINS`` (2**20) equal-width bins;
-* per bin we count normal and anomalous pixels with ``np.bincount``;
-* the ROC / precision-recall curve is then built from the bins, highest bin first.
+* sort the normal pixels' scores (the bulk of the data; numpy's sort on the CPU, torch's
+  on a GPU) and the anomalous pixels' scores;
+* every distinct score p of an anomalous pixel gives two points of the curves: all pixels
+  scoring > p predicted anomalous, then all scoring >= p. Counting the normal pixels above
+  p is a binary search in the sorted normal scores. Between two such points only normal
+  pixels change side, so the ROC and PRO curves are flat there and the points list every
+  corner of the curves: the areas are exact, ties included (a tie is the straight segment
+  between the "> p" and ">= p" points, as in scikit-learn and the MVTec AD code).
 
-The only approximation is that two pixels falling in the same bin are treated as tied
-(equal scores are always tied, exactly as scikit-learn does). On random data the result
-agrees with scikit-learn to within 1e-6 for AUROC and 1e-5 for AP.
-
-:func:`aupro` follows the MVTec AD per-region-overlap definition; see its docstring.
+:func:`pixel_auroc` and :func:`pixel_average_precision` equal scikit-learn's
+``roc_auc_score`` and ``average_precision_score`` on the flattened pixels; :func:`aupro` is
+the MVTec AD definition (see its docstring); :func:`pixel_metrics` computes all three from
+one sort.
 """
+from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 from numpy.typing import ArrayLike
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from .errors import MetricError
 
-PIXEL_BINS = 2**20  # score bins for the pixel-level AUROC / AP histograms
-_CHUNK_PIXELS = 2**22  # pixels processed at once (about 32 MiB per float64 temporary)
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # structuring element for ndimage.label
 
 _DIVERGED_HINT = (
@@ -39,13 +42,20 @@ _DIVERGED_HINT = (
 )
 
 
+def _numpy(values) -> np.ndarray:
+    """Any array-like, including a tensor on any device, as a numpy array."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
 # --------------------------------------------------------------------------- image level
 
 
 def _check_image_inputs(labels: ArrayLike, scores: ArrayLike, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate image labels and scores; return them as (N,) int and (N,) float64 arrays."""
-    labels = np.asarray(labels)
-    scores = np.asarray(scores, dtype=np.float64)
+    labels = _numpy(labels)
+    scores = _numpy(scores).astype(np.float64)
     if labels.ndim != 1 or labels.shape != scores.shape:
         raise MetricError(
             f"{metric} needs one score per image: labels have shape {labels.shape} but scores "
@@ -110,51 +120,42 @@ def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
 # --------------------------------------------------------------------------- pixel level
 
 
-def _chunks(masks: np.ndarray, maps: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (mask, map) slices of a few whole images, about ``_CHUNK_PIXELS`` pixels each."""
-    per_image = max(1, masks[0].size)
-    step = max(1, _CHUNK_PIXELS // per_image)
-    for start in range(0, len(masks), step):
-        yield masks[start : start + step], maps[start : start + step]
+def _pixel_arrays(masks, maps) -> tuple:
+    """Maps on a GPU stay there as tensors (masks join them); everything else becomes numpy
+    (torch's CPU kernels are slower for this work, and stall when other jobs share the cores)."""
+    if isinstance(maps, torch.Tensor) and maps.device.type != "cpu":
+        masks = masks if isinstance(masks, torch.Tensor) else torch.as_tensor(np.asarray(masks))
+        return masks.detach().to(maps.device), maps.detach()
+    return _numpy(masks), _numpy(maps)
 
 
-def _check_pixel_inputs(
-    masks: ArrayLike, maps: ArrayLike, metric: str
-) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Validate masks and maps (both (N, H, W)); return them with the score range (lo, hi).
-
-    One pass over the data, chunk by chunk: checks the mask values, counts non-finite
-    scores and anomalous pixels, and finds the minimum and maximum score.
-    """
-    masks, maps = np.asarray(masks), np.asarray(maps)
-    if masks.ndim != 3 or masks.shape != maps.shape:
+def _check_pixel_inputs(masks: ArrayLike, maps: ArrayLike, metric: str) -> tuple:
+    """Validate masks and maps (both (N, H, W)). Returns bool masks and float32 or float64
+    maps (other types are widened to float64, exactly): numpy arrays, or tensors on a GPU.
+    Non-finite scores are caught after sorting, where it costs nothing (:func:`_sorted_counts`)."""
+    masks, maps = _pixel_arrays(masks, maps)
+    if masks.ndim != 3 or tuple(masks.shape) != tuple(maps.shape):
         raise MetricError(
-            f"{metric} needs one anomaly map per mask: masks have shape {masks.shape} but maps "
-            f"have shape {maps.shape}. Pass two arrays of the same shape (N, H, W); squeeze "
-            "any channel axis and resize the maps to the mask size."
+            f"{metric} needs one anomaly map per mask: masks have shape {tuple(masks.shape)} but "
+            f"maps have shape {tuple(maps.shape)}. Pass two arrays of the same shape (N, H, W); "
+            "squeeze any channel axis and resize the maps to the mask size."
         )
-    if masks.size == 0:
-        raise MetricError(f"{metric} is undefined: there are no pixels. Add test images with masks.")
-    n_bad = n_pos = 0
-    lo, hi = np.inf, -np.inf
-    for m, s in _chunks(masks, maps):
-        if m.dtype != bool and ((m != 0) & (m != 1)).any():
-            found = np.unique(m)[:10].tolist()
-            raise MetricError(
-                f"{metric} needs binary masks (0 = normal, 1 = anomalous), but found the values "
-                f"{found}. Threshold the masks first, e.g. masks > 0.5 (or > 127 for 0-255 images)."
-            )
-        finite = np.isfinite(s)
-        n_bad += int(s.size - finite.sum())
-        n_pos += int(np.count_nonzero(m))
-        if finite.any():
-            lo, hi = min(lo, float(s[finite].min())), max(hi, float(s[finite].max()))
-    if n_bad:
+    n = math.prod(masks.shape)
+    if n == 0:
+        raise MetricError(f"{metric} is undefined: there are no pixels. "
+                          "Add test images with masks.")
+    if ((masks != 0) & (masks != 1)).any():
+        found = np.unique(_numpy(masks))[:10].tolist()
         raise MetricError(
-            f"{metric} is undefined: {n_bad} of {maps.size} anomaly-map pixels are non-finite "
-            f"(NaN or inf). {_DIVERGED_HINT}"
+            f"{metric} needs binary masks (0 = normal, 1 = anomalous), but found the values "
+            f"{found}. Threshold the masks first, e.g. masks > 0.5 (or > 127 for 0-255 images)."
         )
-    n = masks.size
+    masks = masks != 0
+    if isinstance(maps, torch.Tensor):
+        maps = maps if maps.dtype in (torch.float32, torch.float64) else maps.double()
+    elif maps.dtype not in (np.float32, np.float64):
+        maps = maps.astype(np.float64)
+    n_pos = int(masks.sum())
     if n_pos == 0:
         raise MetricError(
             f"{metric} is undefined: the masks contain only normal pixels ({n} of {n}). Add "
@@ -166,46 +167,134 @@ def _check_pixel_inputs(
             f"{metric} is undefined: the masks contain only anomalous pixels ({n} of {n}). Add "
             "normal images (good/img) to the test split or report another metric."
         )
-    return masks, maps, lo, hi
+    return masks, maps
 
 
-def _pixel_histograms(masks: ArrayLike, maps: ArrayLike, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Count normal and anomalous pixels per score bin; returns (neg, pos), each (PIXEL_BINS,)."""
-    masks, maps, lo, hi = _check_pixel_inputs(masks, maps, metric)
-    scale = PIXEL_BINS / (hi - lo) if hi > lo else 0.0
-    counts = np.zeros(2 * PIXEL_BINS, dtype=np.int64)  # [normal bins | anomalous bins]
-    for m, s in _chunks(masks, maps):
-        bins = ((s.astype(np.float64).ravel() - lo) * scale).astype(np.int64)  # (n,)
-        np.minimum(bins, PIXEL_BINS - 1, out=bins)  # the maximum score lands in the top bin
-        bins += PIXEL_BINS * m.ravel().astype(np.int64)
-        counts += np.bincount(bins, minlength=2 * PIXEL_BINS)
-    return counts[:PIXEL_BINS], counts[PIXEL_BINS:]
+@dataclass
+class _SortedCounts:
+    """Per distinct anomalous score p, ascending, (U,) each: normal pixels below p, normal
+    pixels at or below p, anomalous pixels at p; and the order sorting the anomalous scores."""
+    normal_below: np.ndarray
+    normal_up_to: np.ndarray
+    anomalous_at: np.ndarray
+    order: np.ndarray
+    finite: bool            # False when a score is NaN or +-inf
+
+
+def _sorted_counts(normal, anomalous) -> _SortedCounts:
+    """Sort the normal (n_normal,) and anomalous (n_anomalous,) scores and count; numpy
+    arrays (sorted in place: pass copies) or tensors on a GPU. NaN sorts last, -inf first."""
+    if isinstance(normal, torch.Tensor):
+        normal = torch.sort(normal).values
+        anomalous, order = torch.sort(anomalous)
+        values, at = torch.unique_consecutive(anomalous, return_counts=True)
+        ends = torch.stack([normal[0], normal[-1], anomalous[0], anomalous[-1]])
+        below, up_to = (torch.searchsorted(normal, values, side=side) for side in ("left", "right"))
+        return _SortedCounts(below.cpu().numpy(), up_to.cpu().numpy(), at.cpu().numpy(),
+                             order.cpu().numpy(), bool(torch.isfinite(ends).all()))
+    normal.sort()
+    order = np.argsort(anomalous)
+    anomalous = anomalous[order]
+    starts = np.flatnonzero(np.concatenate(([True], anomalous[1:] != anomalous[:-1])))
+    values, at = anomalous[starts], np.diff(np.append(starts, len(anomalous)))
+    ends = np.array([normal[0], normal[-1], anomalous[0], anomalous[-1]])
+    return _SortedCounts(np.searchsorted(normal, values, side="left"),
+                         np.searchsorted(normal, values, side="right"), at, order,
+                         bool(np.isfinite(ends).all()))
+
+
+def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
+    """1 / (size of its ground-truth region) for every anomalous pixel, in ``masks[masks]``
+    order, and the number of regions. Regions are 8-connected, within one image."""
+    weights, count = [], 0
+    for mask in masks:                                               # (H, W) bool
+        if mask.any():
+            regions, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)   # (H, W) ids 0..n
+            weights.append(1.0 / np.bincount(regions.ravel())[regions[mask]])
+            count += n
+    return np.concatenate(weights), count
+
+
+@dataclass
+class PixelCurves:
+    """The corners of the ROC and PRO curves, highest threshold first (module docstring).
+
+    Corner 0 is (0, 0); then, for each distinct score p of an anomalous pixel, from the
+    highest: "score > p", then "score >= p" predicted anomalous; the last corner predicts
+    every pixel anomalous. Counts, (2U + 2,) each:
+    """
+    false_positives: np.ndarray  # normal pixels predicted anomalous
+    true_positives: np.ndarray   # anomalous pixels predicted anomalous
+    overlap: np.ndarray          # sum over regions of the fraction predicted anomalous
+    normal: int                  # normal pixels
+    anomalous: int               # anomalous pixels
+    regions: int                 # ground-truth regions (0 when not counted)
+
+    @property
+    def fpr(self) -> np.ndarray:
+        return self.false_positives / self.normal
+
+    def auroc(self) -> float:
+        return _area_up_to(self.fpr, self.true_positives / self.anomalous, 1.0)
+
+    def average_precision(self) -> float:
+        """Sum over thresholds of (recall increase) x precision, as scikit-learn defines it."""
+        above, at = self.true_positives[1:-1:2], self.true_positives[2:-1:2]   # (U,) each
+        precision = at / (at + self.false_positives[2:-1:2])
+        return float(np.sum((at - above) / self.anomalous * precision))
+
+    def aupro(self, fpr_limit: float = 0.3) -> float:
+        return _area_up_to(self.fpr, self.overlap / self.regions, fpr_limit) / fpr_limit
+
+
+def pixel_curves(masks: ArrayLike, maps: ArrayLike, regions: bool = True,
+                 metric: str = "pixel metrics") -> PixelCurves:
+    """The exact ROC / PRO curve corners of anomaly maps (N, H, W) against masks (N, H, W).
+
+    ``regions=False`` skips labelling the ground-truth regions (no AUPRO then). Maps on a
+    GPU are sorted there; the rest runs in numpy.
+    """
+    masks, maps = _check_pixel_inputs(masks, maps, metric)
+    counts = _sorted_counts(maps[~masks], maps[masks])       # boolean indexing: copies
+    if not counts.finite:
+        n_bad = int((~np.isfinite(_numpy(maps))).sum())
+        raise MetricError(
+            f"{metric} is undefined: {n_bad} of {math.prod(maps.shape)} anomaly-map pixels are "
+            f"non-finite (NaN or inf). {_DIVERGED_HINT}"
+        )
+    # per distinct anomalous score p (U,): pixels above p, and at or above p
+    ends = np.cumsum(counts.anomalous_at)                          # anomalous pixels <= p
+    n_anomalous = int(ends[-1])
+    n_normal = math.prod(masks.shape) - n_anomalous
+    fp_above, fp_at = n_normal - counts.normal_up_to, n_normal - counts.normal_below
+    tp_above, tp_at = n_anomalous - ends, n_anomalous - ends + counts.anomalous_at
+    overlap_above = overlap_at = np.zeros(len(ends))
+    n_regions = 0
+    if regions:
+        weights, n_regions = _region_weights(_numpy(masks))
+        below = np.cumsum(weights[counts.order])                     # (n_anomalous,)
+        overlap_above = np.maximum(below[-1] - below[ends - 1], 0.0)
+        overlap_at = below[-1] - np.concatenate(([0.0], below[ends[:-1] - 1]))
+
+    def corners(above: np.ndarray, at: np.ndarray, everything: float) -> np.ndarray:
+        pairs = np.stack([above, at], axis=1)[::-1]                  # (U, 2), highest p first
+        return np.concatenate(([0.0], pairs.ravel(), [everything]))
+
+    return PixelCurves(corners(fp_above, fp_at, n_normal), corners(tp_above, tp_at, n_anomalous),
+                       corners(overlap_above, overlap_at, n_regions), n_normal, n_anomalous,
+                       n_regions)
 
 
 def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
-    """Pixel-level AUROC of anomaly maps (N, H, W) against binary masks (N, H, W).
-
-    Computed from a ``PIXEL_BINS`` score histogram (see the module docstring): the
-    probability that an anomalous pixel outscores a normal one, ties counting one half.
-    """
-    neg, pos = _pixel_histograms(masks, maps, "pixel AUROC")
-    neg, pos = neg.astype(np.float64), pos.astype(np.float64)
-    pos_above = pos[::-1].cumsum()[::-1] - pos  # anomalous pixels in strictly higher bins
-    return float((neg * (pos_above + 0.5 * pos)).sum() / (neg.sum() * pos.sum()))
+    """Pixel-level AUROC of anomaly maps (N, H, W) against binary masks (N, H, W): the
+    probability that an anomalous pixel outscores a normal one, ties counting one half."""
+    return pixel_curves(masks, maps, regions=False, metric="pixel AUROC").auroc()
 
 
 def pixel_average_precision(masks: ArrayLike, maps: ArrayLike) -> float:
-    """Pixel-level average precision of anomaly maps (N, H, W) against masks (N, H, W).
-
-    Same step-wise definition as ``sklearn.metrics.average_precision_score``, sum over
-    thresholds of (recall increase) x precision, with the thresholds at the bin edges.
-    """
-    neg, pos = _pixel_histograms(masks, maps, "pixel AP")
-    neg, pos = neg[::-1].astype(np.float64), pos[::-1].astype(np.float64)  # highest bin first
-    tp, fp = pos.cumsum(), neg.cumsum()
-    hit = pos > 0  # only bins with anomalous pixels raise recall (and there tp > 0)
-    precision = tp[hit] / (tp[hit] + fp[hit])
-    return float((pos[hit] / tp[-1] * precision).sum())
+    """Pixel-level average precision of anomaly maps (N, H, W) against masks (N, H, W), the
+    step-wise definition of ``sklearn.metrics.average_precision_score``."""
+    return pixel_curves(masks, maps, regions=False, metric="pixel AP").average_precision()
 
 
 def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
@@ -218,58 +307,44 @@ def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2))
 
 
-def _count_above(hist: np.ndarray) -> np.ndarray:
-    """Turn counts by "thresholds passed" k, (..., T + 1), into counts above each threshold, (..., T).
-
-    A pixel is above threshold i when it passed more than i thresholds (k > i).
-    """
-    return hist[..., ::-1].cumsum(axis=-1)[..., ::-1][..., 1:]
-
-
-def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3, num_thresholds: int = 200) -> float:
+def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
     """Normalised area under the per-region-overlap (PRO) curve, up to ``fpr_limit``.
 
-    For each of ``num_thresholds`` thresholds t, evenly spaced from the lowest to the
-    highest score, a pixel is predicted anomalous when ``score >= t``, and
+    The MVTec AD definition (Bergmann et al., IJCV 2021, and its evaluation code): every
+    distinct score t is a threshold, a pixel is predicted anomalous when ``score >= t``, and
 
-    * PRO(t) = mean, over every connected ground-truth region (8-connectivity, all images),
-      of the fraction of that region's pixels predicted anomalous;
+    * PRO(t) = mean, over every connected ground-truth region (8-connectivity, within one
+      image, all images pooled), of the fraction of that region's pixels predicted anomalous;
     * FPR(t) = fraction of normal pixels (mask == 0, all images) predicted anomalous.
 
-    The curve runs from (0, 0) to (1, 1), as in the MVTec AD evaluation code; its area for
-    FPR in [0, fpr_limit] (trapezoid rule) is divided by ``fpr_limit`` so that a perfect map
-    scores 1.0 and a constant map scores fpr_limit / 2.
+    The curve runs from (0, 0) to (1, 1); its area for FPR in [0, fpr_limit] (trapezoid
+    rule, PRO interpolated linearly at fpr_limit) is divided by ``fpr_limit``, so that a
+    perfect map scores 1.0 and a constant map scores fpr_limit / 2. A region may cover a
+    whole image or touch its border; it counts like any other.
     """
     if not 0 < fpr_limit <= 1:
         raise MetricError(f"AUPRO needs 0 < fpr_limit <= 1, got {fpr_limit}.")
-    if num_thresholds < 2:
-        raise MetricError(f"AUPRO needs at least 2 thresholds, got {num_thresholds}.")
-    masks, maps, lo, hi = _check_pixel_inputs(masks, maps, "AUPRO")
-    thresholds = np.linspace(lo, hi, num_thresholds)  # (T,)
-    levels = num_thresholds + 1  # a pixel passes the first k thresholds, k in 0..T
+    return pixel_curves(masks, maps, metric="AUPRO").aupro(fpr_limit)
 
-    normal_hist = np.zeros(levels, dtype=np.int64)  # normal pixels by k
-    region_hists = []  # one (regions_in_image, levels) array per image with regions
-    for m, s in _chunks(masks, maps):
-        passed = np.searchsorted(thresholds, s, side="right")  # (n, H, W): #thresholds <= score
-        normal_hist += np.bincount(passed[m == 0], minlength=levels)
-        for mask, k in zip(m, passed):
-            regions, n_regions = ndimage.label(mask, structure=_EIGHT_CONNECTED)  # (H, W)
-            if n_regions:
-                flat = (regions.astype(np.int64) * levels + k)[regions > 0]
-                hist = np.bincount(flat, minlength=(n_regions + 1) * levels)
-                region_hists.append(hist.reshape(n_regions + 1, levels)[1:])
-    region_hist = np.concatenate(region_hists)  # (R, T + 1)
 
-    fpr = _count_above(normal_hist) / normal_hist.sum()  # (T,), non-increasing in t
-    pro = (_count_above(region_hist) / region_hist.sum(axis=1, keepdims=True)).mean(axis=0)  # (T,)
-    # Highest threshold first makes both FPR and PRO non-decreasing.
-    fpr = np.concatenate(([0.0], fpr[::-1], [1.0]))
-    pro = np.concatenate(([0.0], pro[::-1], [1.0]))
-    return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+def pixel_metrics(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> dict[str, float]:
+    """pixel_auroc, pixel_ap and aupro from one sort of the pixels."""
+    curves = pixel_curves(masks, maps)
+    return {"pixel_auroc": curves.auroc(), "pixel_ap": curves.average_precision(),
+            "aupro": curves.aupro(fpr_limit)}
 
 
 # --------------------------------------------------------------------------- summary
+
+
+def pixel_metrics_absent(masks: ArrayLike | None) -> str | None:
+    """Why there are no pixel metrics for these test masks (N, H, W); None when there are."""
+    if masks is None:
+        return "the test set has no ground-truth masks (a classification-only dataset)"
+    if not (masks if isinstance(masks, torch.Tensor) else np.asarray(masks)).any():
+        return (f"all {len(masks)} test masks are empty: no image has an annotated anomalous "
+                "pixel to localise")
+    return None
 
 
 def summarize(
@@ -281,7 +356,8 @@ def summarize(
     """All metrics in one dict.
 
     Always: image_auroc, image_ap, image_f1_max, image_f1_threshold. When ``masks`` is given
-    and contains anomalous pixels, also pixel_auroc, pixel_ap and aupro (``maps`` required).
+    and contains anomalous pixels, also pixel_auroc, pixel_ap and aupro (``maps`` required);
+    otherwise :func:`pixel_metrics_absent` says why they are missing.
     """
     f1, threshold = f1_max(labels, image_scores)
     result = {
@@ -290,14 +366,11 @@ def summarize(
         "image_f1_max": f1,
         "image_f1_threshold": threshold,
     }
-    if masks is None or not np.asarray(masks).any():
+    if pixel_metrics_absent(masks) is not None:
         return result
     if maps is None:
         raise MetricError(
             "Pixel metrics need anomaly maps: masks were given but maps is None. "
             "Pass the model's anomaly maps (N, H, W) or leave masks out."
         )
-    result["pixel_auroc"] = pixel_auroc(masks, maps)
-    result["pixel_ap"] = pixel_average_precision(masks, maps)
-    result["aupro"] = aupro(masks, maps)
-    return result
+    return result | pixel_metrics(masks, maps)

@@ -44,7 +44,9 @@ from . import official_driver
 from .backbone import TINY_MODEL
 from .bench import gemm_peak
 from .config import MVFAConfig
-from .data import ADDataset, embedded_root, select_shots
+from . import datasets
+from .data import ADDataset
+from .shots import select_shots
 from .errors import MVFAError
 from .evaluate import StemSet, build_memory_bank, score_dataset
 from .flops import FlopCount
@@ -330,12 +332,20 @@ def data_order(official_fingerprints: torch.Tensor, shots: ShotSet, tolerance: f
     return order, worst
 
 
+def _test_split(root: Path) -> str:
+    """A named set's test split; else the folder's only split; else "test"."""
+    if root.name in datasets.SPLITS:
+        return datasets.splits(root.name)[1]
+    found = [p.name for p in root.iterdir() if (p / "good").is_dir()]
+    return found[0] if len(found) == 1 else "test"
+
+
 # --- the whole comparison ------------------------------------------------------------------------
 PARTS = ("scoring", "training", "speed")
 
 
 def compare_official(official_dir, *, official_python: str, segmentation_data=None,
-                     classification_data=None, split: str = "embedded", shots: int = 4,
+                     classification_data=None, split: str | None = None, shots: int = 4,
                      model_name: str = "ViT-L-14-336", clip_checkpoint=None, init_seed: int = 123,
                      shot_seed: int = 0, parts=PARTS, speed_precision: str = "fp32",
                      work_dir=None, keep: bool = False, resume: bool = False,
@@ -344,6 +354,7 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
 
     ``segmentation_data`` / ``classification_data``: dataset folders (one split, ``split``,
     holding normal and abnormal images; masks for the first), staged as 'Brain' and 'Chest'.
+    ``split=None``: each named set's test split, else the folder's only split.
     ``None`` skips that protocol. Training and speed run on the segmentation set (or the
     classification set when it is the only one); speed needs training (its FLOP counts).
     ``work_dir``: a new or empty folder, kept; with ``resume``, the folder of an interrupted
@@ -356,7 +367,7 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
         raise ValueError(f"parts must be some of {PARTS} (speed needs training), got {parts}")
     if speed_precision not in ("fp32", "auto"):
         raise ValueError(f"speed_precision must be 'fp32' or 'auto', got {speed_precision!r}")
-    sets = {key: ADDataset(root, split) for key, root in
+    sets = {key: ADDataset(root, split or _test_split(Path(root))) for key, root in
             ((PROTOCOL_KEYS["segmentation"], segmentation_data),
              (PROTOCOL_KEYS["classification"], classification_data)) if root is not None}
     if not sets:
@@ -425,7 +436,7 @@ class _Comparison:
             (work / "staged").touch()
         self.roots = {key: self.code / "data" / f"{key}_AD" for key in sets}
         (work / "logs").mkdir(exist_ok=True)
-        self.config = MVFAConfig(model_name=model_name, protocol="paper", amp=False,
+        self.config = MVFAConfig(model_name=model_name, protocol="paper", precision="fp32",
                                  pretrained="random" if self.tiny else "openai", device="cpu",
                                  shots=shots, epochs=1)
         self.step("building mvfa-lite's model")
@@ -595,7 +606,7 @@ class _Comparison:
             arguments += ["--model", TINY_MODEL, "--pretrained", "random"]
         else:
             arguments += ["--model", self.model_name, "--clip-checkpoint", str(self.clip_file)]
-        return arguments + (["--no-amp"] if precision == "fp32" else [])
+        return arguments + ["--precision", precision]
 
 
 def compare_losses(official: dict) -> dict:
@@ -752,5 +763,5 @@ def _speed_lines(s: dict) -> list[str]:
 
 def default_datasets() -> dict:
     """The sets the command uses when none is given (they must be on this machine)."""
-    return {"segmentation_data": embedded_root("busi"),
-            "classification_data": embedded_root("chestxray_kermany224")}
+    return {"segmentation_data": datasets.path("chestxray_synthlesion"),
+            "classification_data": datasets.path("chestxray_kermany224")}

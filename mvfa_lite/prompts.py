@@ -53,6 +53,7 @@ OBJECT_NAMES = {
     "Histopathology": "histopathological image",
     "busi": "breast ultrasound",
     "chestxray_kermany224": "Chest X-ray film",
+    "chestxray_synthlesion": "Chest X-ray film",
     "brainmri_navoneel": "Brain",
 }
 

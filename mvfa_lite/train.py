@@ -19,12 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data import AUGMENTATIONS_PER_SHOT, augment_shots
+from .config import MVFAConfig
 from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
 from .model import MVFA
 from .prompts import object_name
-from .runtime import autocast, seed_everything, show_progress
+from .runtime import autocast, grad_scaler, seed_everything, show_progress
+from .shots import AUGMENTATIONS_PER_SHOT, augment_shots
 
 
 class ShotSet(Dataset):
@@ -88,6 +89,7 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
     generator = seed_everything(config.seed)
     seg_optimizer = torch.optim.Adam(model.banks.seg.parameters(), lr=lr, betas=config.betas)
     det_optimizer = torch.optim.Adam(model.banks.det.parameters(), lr=lr, betas=config.betas)
+    scaler = grad_scaler(device, config.precision)   # loss scaling for fp16, else a no-op
     stems = [given if given is not None else compute_stems(model, s.data)
              if cache_stems and isinstance(s.data, ShotSet) else None
              for s, given in zip(sources, stems or [None] * len(sources))]
@@ -118,17 +120,18 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
             source = sources[k]
             masks = batch["mask"].to(device, non_blocking=True).float()
             labels = batch["label"].to(device, non_blocking=True)
-            with autocast(device, config.amp):
+            with autocast(device, config.precision):
                 features = model(stem=batch["stem"].to(device)) if "stem" in batch \
                     else model(batch["image"].to(device, non_blocking=True))
             loss, parts = mvfa_loss(features, source.text, masks, labels, source.has_masks,
                                     config.temperature, config.bce_on)
             seg_optimizer.zero_grad(set_to_none=True)
             det_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            det_optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(det_optimizer)
             if source.has_masks:
-                seg_optimizer.step()
+                scaler.step(seg_optimizer)
+            scaler.update()
             steps += 1
             losses.append(loss.detach())
             for name, value in {"loss": loss.detach(), **parts}.items():
@@ -150,7 +153,7 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
 
 def compute_stems(model: MVFA, data: ShotSet, chunk: int = 32) -> torch.Tensor:
     """Stem tokens (N, T, W) of every image, computed once (no trained weight involved)."""
-    with autocast(model.device, model.config.amp):
+    with autocast(model.device, model.config.precision):
         return torch.cat([model.stem(images.to(model.device))
                           for images in data.images.split(chunk)])
 

@@ -47,7 +47,20 @@ def weights_notice(identity: dict):
         return HTML(
             '<div style="border-left:6px solid #d9534f;background:#fdf2f2;padding:8px 12px">'
             f"<b>Random weights</b> ({name}): every number on this page tests the code and "
-            "says nothing about MVFA. Run with real CLIP weights (set <code>model_name</code>"
-            " and <code>pretrained</code>, see the parameters cell) for results.</div>")
+            "says nothing about MVFA. Run with real CLIP weights (<code>real_weights = True"
+            "</code> in the parameters cell, on a GPU) for results.</div>")
     return HTML('<div style="border-left:6px solid #5cb85c;background:#f2fbf2;padding:8px 12px">'
                 f"Backbone <b>{name}</b>, weights <code>{weights}</code>.</div>")
+
+
+RANDOM_TAG = "random weights: not a result"
+
+
+def random_tag(identity: dict) -> str:
+    """The suffix of every figure or table title computed with random weights, else ""."""
+    return f" ({RANDOM_TAG})" if identity.get("weights_random") else ""
+
+
+def captioned(table, title: str, identity: dict, precision: int = 3):
+    """A pandas table shown under its own title, which says so when the weights are random."""
+    return table.style.set_caption(title + random_tag(identity)).format(precision=precision)

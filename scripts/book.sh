@@ -13,6 +13,6 @@ if [ "${MVFA_BOOK_PROFILE:-cpu}" = "gpu" ]; then
   exec python scripts/build_gpu_book.py
 fi
 export HF_HUB_OFFLINE=1
-mvfa-lite sweep sweeps/book.yaml
+mvfa-lite sweep sweeps/book.yaml --force   # cheap: cells of an edited grid run again
 jupyter-book build . -W -n --keep-going
 echo "book: $PWD/_build/html/index.html"

@@ -13,8 +13,7 @@ from pathlib import Path
 import papermill
 import yaml
 
-GPU_PARAMETERS = {"model_name": "ViT-L-14-336", "pretrained": "openai", "device": "cuda",
-                  "epochs": 50}
+GPU_PARAMETERS = {"real_weights": True, "device": "cuda"}   # mvfa_lite.notebook.REAL
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "_build" / "gpu"
 

@@ -1,4 +1,5 @@
-"""Tests of mvfa_lite.data: loading, bad inputs, few-shot selection and augmentation."""
+"""Tests of mvfa_lite.data, .images and .shots: loading, bad inputs, few-shot selection and
+augmentation."""
 
 from __future__ import annotations
 
@@ -10,22 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from mvfa_lite.data import (
-    AUGMENTATIONS_PER_SHOT,
-    BMAD_KEYS,
-    ADDataset,
-    ImageFolder,
-    Item,
-    augment_shots,
-    bmad_root,
-    image_to_tensor,
-    load_image,
-    load_mask,
-    mask_to_tensor,
-    read_seed_file,
-    select_shots,
-    split_off_shots,
-)
+from mvfa_lite import datasets
+from mvfa_lite.data import BMAD_KEYS, ADDataset, ImageFolder, Item, bmad_root
+from mvfa_lite.images import image_to_tensor, load_image, load_mask, mask_to_tensor
+from mvfa_lite.shots import (AUGMENTATIONS_PER_SHOT, augment_shots, read_seed_file, select_shots,
+                             split_off_shots)
 from mvfa_lite.errors import DataError
 
 S = 32  # small image size keeps the tests fast
@@ -76,12 +66,12 @@ def raises_data_error(*fragments):
 # -- embedded real datasets ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "folder, has_masks",
-    [("busi", True), ("chestxray_kermany224", False), ("brainmri_navoneel", False)],
-)
-def test_embedded_sets_load(shared_data, folder, has_masks):
-    ds = ADDataset(shared_data / folder, "embedded", image_size=S)
+@pytest.mark.parametrize("folder, has_masks", [
+    ("chestxray_kermany224", False),
+    pytest.param("busi", True, marks=pytest.mark.shared),
+    pytest.param("brainmri_navoneel", False, marks=pytest.mark.shared)])
+def test_embedded_sets_load(folder, has_masks):
+    ds = ADDataset(datasets.path(folder), "embedded", image_size=S)
     assert ds.name == folder
     assert len(ds) == 40 and ds.num_normal == 20 and ds.num_abnormal == 20
     assert ds.has_masks == has_masks
@@ -104,16 +94,17 @@ def test_embedded_sets_load(shared_data, folder, has_masks):
         assert data["mask"].sum() == 0
 
 
-def test_getitem_dict_and_subset(shared_data):
-    ds = ADDataset(shared_data / "busi", "embedded", image_size=S)
+def test_getitem_dict_and_subset(synth_root):
+    ds = ADDataset(synth_root, "test", image_size=S)
+    size = len(ds)
     sample = ds[25]
     assert set(sample) == {"image", "mask", "label", "path"}
-    assert sample["label"] == 1 and sample["path"].endswith(".png")
+    assert sample["label"] == 1 and sample["path"].endswith(".png") and sample["mask"].sum() > 0
     part = ds.subset([0, 25])
-    assert len(part) == 2 and part.image_size == S and part.name == "busi"
+    assert len(part) == 2 and part.image_size == S and part.name == "chestxray_synthlesion"
     assert part.items == [ds.items[0], ds.items[25]]
     assert isinstance(part.items[0], Item)
-    assert len(ds) == 40  # the original is untouched
+    assert len(ds) == size == 48  # the original is untouched
 
 
 def test_name_strips_ad_suffix(tmp_path):
@@ -221,17 +212,23 @@ def test_large_non_square_image(tmp_path):
     assert torch.allclose(tensor[:, S // 2, S // 2], torch.tensor([10, 200, 30]) / 255, atol=0.02)
 
 
-def test_mask_binarised():
-    values = np.array([[0, 1], [128, 255]], dtype=np.uint8)
+def test_mask_binarised_at_half_the_8bit_range():
+    values = np.array([[0, 127], [128, 255]], dtype=np.uint8)
     tensor = mask_to_tensor(Image.fromarray(values), 2)
-    assert torch.equal(tensor, torch.tensor([[0.0, 1.0], [1.0, 1.0]]))
+    assert torch.equal(tensor, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
 
 
-def test_load_mask_any_nonzero_is_foreground(tmp_path):
-    path = tmp_path / "m.png"
-    Image.fromarray(np.array([[0, 3], [0, 0]], dtype=np.uint8)).save(path)
+@pytest.mark.parametrize("values, foreground", [
+    (np.array([[1, 1], [255, 1]], dtype=np.uint8), [[0, 0], [255, 0]]),   # background 1
+    (np.array([[0, 3], [200, 0]], dtype=np.uint8), [[0, 0], [255, 0]]),   # faint noise
+    (np.array([[0, 255], [32768, 65535]], dtype=np.uint16), [[0, 0], [255, 255]]),
+    (np.array([[0.0, 0.4], [0.6, 1.0]], dtype=np.float32), [[0, 0], [255, 255]]),
+])
+def test_load_mask_thresholds_at_half_the_value_range(tmp_path, values, foreground):
+    path = tmp_path / ("m.tif" if values.dtype == np.float32 else "m.png")
+    Image.fromarray(values).save(path)
     mask = load_mask(path, (2, 2))
-    assert mask.mode == "L" and np.asarray(mask).tolist() == [[0, 255], [0, 0]]
+    assert mask.mode == "L" and np.asarray(mask).tolist() == foreground
 
 
 def test_image_folder(tmp_path):
@@ -405,8 +402,8 @@ def test_k_too_large_or_zero(six_by_six):
         select_shots(six_by_six, 0, seed=0)
 
 
-def test_split_off_shots(shared_data):
-    ds = ADDataset(shared_data / "busi", "embedded", image_size=S)
+def test_split_off_shots(chest_root):
+    ds = ADDataset(chest_root, "embedded", image_size=S)
     support, rest = split_off_shots(ds, 4, seed=0)
     assert support.num_normal == 4 and support.num_abnormal == 4
     assert len(rest) == 32

@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+import torch
+from metric_cases import CASES, reference_aupro
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mvfa_lite import metrics
@@ -13,6 +15,8 @@ from mvfa_lite.metrics import (
     image_auroc,
     pixel_auroc,
     pixel_average_precision,
+    pixel_metrics,
+    pixel_metrics_absent,
     summarize,
 )
 
@@ -93,21 +97,65 @@ def test_metrics_return_python_floats():
 # --------------------------------------------------------------------------- pixel level
 
 
-@pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("ties", [False, True])
-def test_pixel_metrics_match_sklearn(seed, ties):
-    masks, maps = random_pixels(seed, ties)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("seed", range(2))
+def test_pixel_metrics_match_sklearn(case, seed):
+    # outliers, heavy tails, ties, a narrow normal range: exact on every distribution
+    masks, maps = CASES[case](seed)
     flat_masks, flat_maps = masks.ravel(), maps.ravel()
-    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(flat_masks, flat_maps), abs=1e-4)
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(flat_masks, flat_maps), abs=1e-9)
     assert pixel_average_precision(masks, maps) == pytest.approx(
-        average_precision_score(flat_masks, flat_maps), abs=1e-3
+        average_precision_score(flat_masks, flat_maps), abs=1e-9
     )
 
 
-def test_pixel_metrics_accept_uint8_masks_and_float32_maps():
+@pytest.mark.parametrize("seed", range(3))
+def test_pixel_metrics_on_random_ties_match_sklearn(seed):
+    masks, maps = random_pixels(seed, ties=True)
+    flat_masks, flat_maps = masks.ravel(), maps.ravel()
+    assert pixel_auroc(masks, maps) == pytest.approx(roc_auc_score(flat_masks, flat_maps), abs=1e-9)
+    assert pixel_average_precision(masks, maps) == pytest.approx(
+        average_precision_score(flat_masks, flat_maps), abs=1e-9
+    )
+
+
+def test_one_far_outlier_costs_only_its_own_pairs():
+    # Anomalies all score above the normal pixels except one normal outlier at 1e6: it
+    # outranks every anomalous pixel, so AUROC = 1 - 1 / (normal pixels), not 0.5.
+    masks = np.zeros((2, 8, 8), dtype=bool)
+    masks[0, 2:5, 2:5] = True
+    maps = masks + 0.1 * np.random.default_rng(0).random(masks.shape)
+    maps[1, 7, 7] = 1e6
+    assert pixel_auroc(masks, maps) == pytest.approx(1 - 1 / 119, abs=1e-12)
+
+
+def test_pixel_metrics_accept_uint8_masks_float32_maps_and_tensors():
     masks, maps = random_pixels(7)
-    expected = roc_auc_score(masks.ravel(), maps.ravel())
-    assert pixel_auroc(masks.astype(np.uint8), maps.astype(np.float32)) == pytest.approx(expected, abs=1e-4)
+    expected = roc_auc_score(masks.ravel(), maps.astype(np.float32).ravel())
+    as_uint8_and_float32 = pixel_auroc(masks.astype(np.uint8), maps.astype(np.float32))
+    assert as_uint8_and_float32 == pytest.approx(expected, abs=1e-12)
+    as_tensors = pixel_metrics(torch.from_numpy(masks), torch.from_numpy(maps))
+    assert as_tensors == pytest.approx(pixel_metrics(masks, maps), abs=1e-12)
+
+
+@pytest.mark.parametrize("case", ["ties", "outlier"])
+def test_the_gpu_code_path_counts_like_the_numpy_one(case):
+    # maps on a GPU are sorted and counted with torch; that branch runs here on CPU tensors
+    masks, maps = CASES[case](0)
+    normal, anomalous = maps[~masks], maps[masks]
+    with_numpy = metrics._sorted_counts(normal.copy(), anomalous.copy())
+    with_torch = metrics._sorted_counts(torch.from_numpy(normal), torch.from_numpy(anomalous))
+    for field in ("normal_below", "normal_up_to", "anomalous_at"):
+        np.testing.assert_array_equal(getattr(with_torch, field), getattr(with_numpy, field))
+    np.testing.assert_array_equal(anomalous[with_torch.order], np.sort(anomalous))
+    assert with_torch.finite and with_numpy.finite
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (maps on the device)")
+def test_pixel_metrics_on_the_gpu_equal_the_cpu():
+    masks, maps = CASES["ties"](0)
+    on_gpu = pixel_metrics(torch.from_numpy(masks).cuda(), torch.from_numpy(maps).cuda())
+    assert on_gpu == pytest.approx(pixel_metrics(masks, maps), abs=1e-9)
 
 
 def test_pixel_auroc_separable_and_reversed():
@@ -124,15 +172,24 @@ def test_pixel_auroc_constant_map_is_one_half():
     assert pixel_auroc(masks, np.full(masks.shape, 3.0)) == 0.5
 
 
-def test_chunking_does_not_change_results(monkeypatch):
+def test_pixel_metrics_shares_one_sort_and_agrees_with_each_metric():
     masks, maps = random_pixels(3)
-    whole = (pixel_auroc(masks, maps), pixel_average_precision(masks, maps), aupro(masks, maps))
-    monkeypatch.setattr(metrics, "_CHUNK_PIXELS", 2 * 32 * 32)  # two images per chunk
-    chunked = (pixel_auroc(masks, maps), pixel_average_precision(masks, maps), aupro(masks, maps))
-    assert chunked == pytest.approx(whole, abs=1e-12)
+    assert pixel_metrics(masks, maps) == pytest.approx(
+        {"pixel_auroc": pixel_auroc(masks, maps), "pixel_ap": pixel_average_precision(masks, maps),
+         "aupro": aupro(masks, maps)}, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- AUPRO
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_aupro_matches_the_definition(case):
+    # whole-image and border-touching regions, outliers, ties, ... against a slow
+    # one-threshold-at-a-time implementation of the MVTec AD definition
+    masks, maps = CASES[case](0)
+    assert aupro(masks, maps) == pytest.approx(reference_aupro(masks, maps), abs=1e-9)
+    assert aupro(masks, maps, fpr_limit=0.05) == pytest.approx(
+        reference_aupro(masks, maps, fpr_limit=0.05), abs=1e-9)
 
 
 def test_aupro_perfect_map_is_one():
@@ -141,7 +198,7 @@ def test_aupro_perfect_map_is_one():
     masks = np.zeros((3, 16, 16), dtype=np.uint8)
     masks[0, 2:6, 2:6] = 1
     masks[1, 8:12, 3:15] = 1
-    assert aupro(masks, masks.astype(float)) == pytest.approx(1.0, abs=1e-3)
+    assert aupro(masks, masks.astype(float)) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_aupro_constant_map():
@@ -149,20 +206,20 @@ def test_aupro_constant_map():
     # so the curve is the diagonal (0, 0) -> (1, 1): area 0.3**2 / 2, normalised 0.15.
     masks = np.zeros((2, 16, 16), dtype=np.uint8)
     masks[0, 4:8, 4:8] = 1
-    assert aupro(masks, np.full(masks.shape, 0.2)) == pytest.approx(0.15, abs=1e-9)
-    assert aupro(masks, np.full(masks.shape, 0.2), fpr_limit=1.0) == pytest.approx(0.5, abs=1e-9)
+    assert aupro(masks, np.full(masks.shape, 0.2)) == pytest.approx(0.15, abs=1e-12)
+    assert aupro(masks, np.full(masks.shape, 0.2), fpr_limit=1.0) == pytest.approx(0.5, abs=1e-12)
 
 
 def test_aupro_one_of_two_regions_detected():
     # Region A (1 pixel) scores 1, region B (3x3 block) scores 0, normal pixels 0.5.
-    # Thresholds in (0.5, 1]: only A is caught  -> FPR 0, PRO 1/2.
-    # Thresholds in (0, 0.5]: normals also fire -> FPR 1, PRO 1/2.   Threshold 0: (1, 1).
+    # Threshold 1: only A is caught  -> FPR 0, PRO 1/2.
+    # Threshold 0.5: normals also fire -> FPR 1, PRO 1/2.   Threshold 0: (1, 1).
     # PRO is 1/2 on the whole of [0, 0.3]: normalised area 0.5.
     mask = two_regions(gap=2)  # block at (3..5, 3..5): not touching (1, 1)
     masks = np.stack([mask, np.zeros_like(mask)])  # second image: all normal
     maps = np.where(masks == 1, 0.0, 0.5)
     maps[0, 1, 1] = 1.0
-    assert aupro(masks, maps) == pytest.approx(0.5, abs=1e-9)
+    assert aupro(masks, maps) == pytest.approx(0.5, abs=1e-12)
 
 
 def test_aupro_uses_8_connectivity():
@@ -173,17 +230,30 @@ def test_aupro_uses_8_connectivity():
     masks = mask[None]
     maps = np.where(masks == 1, 0.0, 0.5)
     maps[0, 1, 1] = 1.0
-    assert aupro(masks, maps) == pytest.approx(0.1, abs=1e-9)
+    assert aupro(masks, maps) == pytest.approx(0.1, abs=1e-12)
 
 
-def test_aupro_score_equal_to_threshold_counts_as_detected():
-    # One 1x5 image: region A (score 1), normal (0), region B (0.5), normal (0.25), normal (0).
-    # num_thresholds=3 gives thresholds [0, 0.5, 1]; "detected" means score >= threshold:
-    #   t=1: A -> (FPR 0, PRO 1/2);  t=0.5: A, B -> (0, 1);  t=0: all -> (1, 1).  Area 1.0.
-    # (With score > threshold B would only fire together with the 0.25 normal: 0.65.)
-    masks = np.array([[[1, 0, 1, 0, 0]]])
-    maps = np.array([[[1.0, 0.0, 0.5, 0.25, 0.0]]])
-    assert aupro(masks, maps, num_thresholds=3) == pytest.approx(1.0, abs=1e-9)
+def test_aupro_tie_between_a_region_and_a_normal_pixel_is_a_straight_segment():
+    # One 1x4 image: region A (score 1), normal (0.5), region B (0.5), normal (0).
+    # Threshold 1: (FPR 0, PRO 1/2). Threshold 0.5 ("score >= t" catches B and the tied
+    # normal together): (1/2, 1). Threshold 0: (1, 1). At FPR 0.3 the straight segment is
+    # at PRO 0.5 + 0.5 * 0.3 / 0.5 = 0.8: area 0.3 * (0.5 + 0.8) / 2, normalised 0.65.
+    masks = np.array([[[1, 0, 1, 0]]])
+    maps = np.array([[[1.0, 0.5, 0.5, 0.0]]])
+    assert aupro(masks, maps) == pytest.approx(0.65, abs=1e-12)
+
+
+def test_aupro_counts_a_region_covering_a_whole_image():
+    # Image 0 is anomalous everywhere (one 16-pixel region, score 0.9); image 1 has a
+    # 1-pixel region in its corner (score 0.2) and 15 normal pixels at 0.5.
+    # Threshold 0.9: (FPR 0, PRO 1/2); 0.5: (1, 1/2); 0.2: (1, 1). Area up to 0.3: 0.5.
+    # (Dropping the whole-image region, as anomalib 2.7.0 does, would give 0.)
+    masks = np.zeros((2, 4, 4), dtype=bool)
+    masks[0] = True
+    masks[1, 0, 0] = True
+    maps = np.where(masks, 0.9, 0.5)
+    maps[1, 0, 0] = 0.2
+    assert aupro(masks, maps) == pytest.approx(0.5, abs=1e-12)
 
 
 def test_aupro_random_map_is_near_chance():
@@ -198,8 +268,6 @@ def test_aupro_rejects_bad_settings():
     masks, maps = random_pixels(0)
     with pytest.raises(MetricError, match="fpr_limit"):
         aupro(masks, maps, fpr_limit=0.0)
-    with pytest.raises(MetricError, match="thresholds"):
-        aupro(masks, maps, num_thresholds=1)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -304,6 +372,11 @@ def test_summarize_skips_pixel_metrics_without_anomalous_pixels():
     masks = np.zeros((4, 8, 8), dtype=np.uint8)
     result = summarize(HAND_LABELS, HAND_SCORES, masks, np.zeros((4, 8, 8)))
     assert set(result) == IMAGE_KEYS
+    assert pixel_metrics_absent(masks) == ("all 4 test masks are empty: no image has an "
+                                           "annotated anomalous pixel to localise")
+    assert "no ground-truth masks" in pixel_metrics_absent(None)
+    masks[3, 2, 2] = 1
+    assert pixel_metrics_absent(masks) is None
 
 
 def test_summarize_masks_without_maps():

@@ -1,4 +1,5 @@
-"""Training loops and whole runs on the embedded real data (tiny random ViT, CPU)."""
+"""Training loops and whole runs on the shipped data, and on the extra real sets where they
+exist (tiny random ViT, CPU)."""
 from __future__ import annotations
 
 import json
@@ -6,20 +7,26 @@ import json
 import pytest
 import torch
 
+from mvfa_lite import datasets
 from mvfa_lite.checkpoint import load_adapters, save_checkpoint
 from mvfa_lite.cli import main
-from mvfa_lite.data import ADDataset, split_off_shots
+from mvfa_lite.data import ADDataset
 from mvfa_lite.errors import CheckpointError, MetricError
 from mvfa_lite.evaluate import Scores, compute_metrics, score_dataset
 from mvfa_lite.experiment import load_trained, run_few_shot, run_zero_shot
 from mvfa_lite.model import MVFA
+from mvfa_lite.prompts import object_name
+from mvfa_lite.shots import split_off_shots
 from mvfa_lite.train import Source, ShotSet, fit, train_few_shot
 
 
-def test_few_shot_training_on_busi_lowers_the_loss(shared_data, tiny_config):
+@pytest.mark.parametrize("dataset", ["chestxray_synthlesion",
+                                     pytest.param("busi", marks=pytest.mark.shared)])
+def test_few_shot_training_with_masks_lowers_the_loss(tiny_config, dataset):
     config = tiny_config.replace(epochs=6, lr=3e-3)
     model = MVFA.from_config(config)
-    support, _ = split_off_shots(ADDataset(shared_data / "busi", "embedded"), 4, seed=0)
+    root = datasets.path(dataset)
+    support, _ = split_off_shots(ADDataset(root, datasets.splits(dataset)[0]), 4, seed=0)
     before = [p.clone() for p in model.banks.parameters()]
     result, shots = train_few_shot(model, support, progress=False)
     assert len(shots) == 2 * 4 * 11                        # k normal + k abnormal, x11
@@ -44,27 +51,40 @@ def test_sources_without_masks_train_the_classification_bank_only(chest_root, ti
 
 
 @pytest.mark.parametrize("protocol", ["paper", "corrected"])
-@pytest.mark.parametrize("dataset", ["busi", "chestxray_kermany224", "brainmri_navoneel"])
-def test_evaluation_end_to_end_on_each_embedded_set(shared_data, tiny_config, tmp_path,
-                                                    protocol, dataset):
+@pytest.mark.parametrize("dataset, has_masks, n_test", [
+    ("chestxray_synthlesion", True, 48), ("chestxray_kermany224", False, 32),
+    pytest.param("busi", True, 32, marks=pytest.mark.shared),
+    pytest.param("brainmri_navoneel", False, 32, marks=pytest.mark.shared)])
+def test_evaluation_end_to_end_on_each_named_set(tiny_config, tmp_path, protocol, dataset,
+                                                 has_masks, n_test):
     config = tiny_config.replace(protocol=protocol, epochs=1)
-    run = run_few_shot(config, shared_data / dataset, support_split="embedded",
-                       test_split="embedded", out=tmp_path, progress=False)
-    has_masks = dataset == "busi"
-    assert len(run.scores.paths) == 40 - 2 * 4
+    support_split, test_split = datasets.splits(dataset)
+    run = run_few_shot(config, datasets.path(dataset), support_split=support_split,
+                       test_split=test_split, out=tmp_path, progress=False)
+    assert len(run.scores.paths) == n_test
     assert ("pixel_auroc" in run.metrics) == has_masks
     assert 0 <= run.metrics["image_auroc"] <= 1
-    assert run.scores.maps.shape == (32, 240, 240)
+    assert run.scores.maps.shape == (n_test, 240, 240)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["protocol"] == protocol and "RANDOM WEIGHTS" in saved["weights"]
-    assert saved["selection"] == ("test set (paper protocol)" if protocol == "paper"
-                                  else "none (last epoch)")
-    assert (tmp_path / "scores.csv").read_text().count("\n") == 33
+    expected = {"paper": "test set (paper protocol)",   # the official code; corrected: the
+                "corrected": "validation images" if support_split != test_split  # rest of
+                else "none (last epoch)"}[protocol]                           # the support split
+    assert saved["selection"] == expected
+    assert (tmp_path / "scores.csv").read_text().count("\n") == n_test + 1
     if protocol == "paper" and has_masks:   # official rule: image score = max of fused map
         torch.testing.assert_close(run.scores.image_scores, run.scores.maps.flatten(1).amax(1))
 
 
-def test_zero_shot_leave_one_dataset_out(shared_data, chest_root, tiny_config):
+def test_zero_shot_leave_one_dataset_out(chest_root, synth_root, tiny_config):
+    run = run_zero_shot(tiny_config.replace(epochs=1), chest_root, [synth_root],
+                        source_split="valid", test_split="embedded", progress=False)
+    assert run.summary["sources"] == ["chestxray_synthlesion"]
+    assert len(run.scores.paths) == 40 and "few_det" not in run.scores.branches
+    torch.testing.assert_close(run.scores.image_scores, run.scores.branches["zero_det"])
+
+
+def test_zero_shot_leave_one_dataset_out_on_the_extra_sets(shared_data, chest_root, tiny_config):
     run = run_zero_shot(tiny_config.replace(epochs=1), chest_root,
                         [shared_data / "busi", shared_data / "brainmri_navoneel"],
                         source_split="embedded", test_split="embedded", progress=False)
@@ -74,14 +94,14 @@ def test_zero_shot_leave_one_dataset_out(shared_data, chest_root, tiny_config):
     torch.testing.assert_close(run.scores.image_scores, run.scores.branches["zero_det"])
 
 
-def test_checkpoint_round_trip(shared_data, tiny_config, tmp_path):
-    root, config = shared_data / "busi", tiny_config.replace(epochs=1)
-    run = run_few_shot(config, root, support_split="embedded", test_split="embedded",
+def test_checkpoint_round_trip(synth_root, tiny_config, tmp_path):
+    config = tiny_config.replace(epochs=1)
+    run = run_few_shot(config, synth_root, support_split="valid", test_split="test",
                        out=tmp_path, progress=False)
     model, bank, payload = load_trained(tmp_path / "adapters.pth", device="cpu")
-    assert payload["dataset"] == "busi" and len(payload["normal_shots"]) == 4
-    _, test = split_off_shots(ADDataset(root, "embedded"), 4, seed=config.seed)
-    again = score_dataset(model, test, model.text_features("breast ultrasound"), bank,
+    assert payload["dataset"] == "chestxray_synthlesion" and len(payload["normal_shots"]) == 4
+    test = ADDataset(synth_root, "test")
+    again = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
                           progress=False)
     assert again.paths == run.scores.paths
     torch.testing.assert_close(again.image_scores, run.scores.image_scores)
@@ -108,20 +128,28 @@ def test_one_class_test_set_and_non_finite_scores_are_explained(tiny_model):
                                image_scores=torch.tensor([0.1, float("nan")]), **base))
 
 
-def test_cli_train_evaluate_predict(shared_data, tmp_path, capsys):
-    busi = str(shared_data / "busi")
+def test_cli_train_evaluate_predict_on_a_shipped_set_by_name(chest_root, tmp_path, capsys):
     common = ["--preset", "fast-cpu", "--epochs", "1", "--device", "cpu"]
-    assert main(["train", busi, "--support-split", "embedded", "--test-split", "embedded",
-                 "--out", str(tmp_path / "run"), *common]) == 0
+    assert main(["train", "chestxray_synthlesion", "--out", str(tmp_path / "run"), *common]) == 0
     assert "RANDOM WEIGHTS" in capsys.readouterr().out
-    assert main(["evaluate", str(tmp_path / "run" / "adapters.pth"), busi, "--split",
-                 "embedded", "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["dataset"] == "chestxray_synthlesion" and saved["precision"] in ("fp32", "bf16")
+    assert main(["evaluate", str(tmp_path / "run" / "adapters.pth"), "chestxray_synthlesion",
+                 "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["pixel_auroc"] > 0
-    images = shared_data / "brainmri_navoneel" / "embedded" / "Ungood" / "img"
+    images = chest_root / "embedded" / "Ungood" / "img"
     assert main(["predict", str(tmp_path / "run" / "adapters.pth"), str(images),
                  "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
     assert len(list((tmp_path / "pred").glob("*.png"))) == 20
     assert (tmp_path / "pred" / "scores.csv").read_text().count("\n") == 21
+
+
+def test_cli_names_a_set_that_is_not_here_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MVFA_SHARED_DATA", str(tmp_path))
+    assert main(["train", "busi", "--preset", "fast-cpu", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'busi' is not on this machine" in err and "MVFA_SHARED_DATA" in err
+    assert "chestxray_synthlesion" in err and "\n" not in err and not (tmp_path / "r").exists()
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
@@ -132,16 +160,16 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_k_larger_than_the_data_is_explained(shared_data, tiny_config, capsys):
-    assert main(["train", str(shared_data / "busi"), "--support-split", "embedded",
+def test_k_larger_than_the_data_is_explained(chest_root, capsys):
+    assert main(["train", str(chest_root), "--support-split", "embedded",
                  "--test-split", "embedded", "--preset", "fast-cpu", "--shots", "30"]) == 2
     assert "k=30" in capsys.readouterr().err
 
 
-def test_cached_stems_score_like_images(shared_data, tiny_model):
+def test_cached_stems_score_like_images(synth_root, tiny_model):
     from mvfa_lite.evaluate import StemSet
-    data = ADDataset(shared_data / "busi", "embedded").subset(range(18, 24))
-    text = tiny_model.text_features("breast ultrasound")
+    data = ADDataset(synth_root, "valid").subset(range(5, 11))
+    text = tiny_model.text_features("Chest X-ray film")
     direct = score_dataset(tiny_model, data, text, progress=False, batch_size=4)
     cached = StemSet(tiny_model, data, batch_size=4)
     assert len(cached) == 6 and cached.has_masks
@@ -152,11 +180,11 @@ def test_cached_stems_score_like_images(shared_data, tiny_model):
     torch.testing.assert_close(again.masks, direct.masks)
 
 
-def test_raw_branch_maps_refuse_to_the_fused_result(shared_data, tiny_model):
+def test_raw_branch_maps_refuse_to_the_fused_result(synth_root, tiny_model):
     from mvfa_lite.branches import fuse
     from mvfa_lite.evaluate import build_memory_bank
-    data = ADDataset(shared_data / "busi", "embedded").subset(range(16, 24))
-    text = tiny_model.text_features("breast ultrasound")
+    data = ADDataset(synth_root, "valid").subset(range(4, 12))
+    text = tiny_model.text_features("Chest X-ray film")
     bank = build_memory_bank(tiny_model, torch.rand(2, 3, 240, 240))
     scores = score_dataset(tiny_model, data, text, bank, keep_raw_maps=True, progress=False)
     raw = scores.branches

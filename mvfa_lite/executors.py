@@ -1,0 +1,199 @@
+"""Where the cells of a sweep run: here one after another, as SLURM jobs, or as Ray tasks.
+
+An executor maps one function over a list of cells and yields each cell's
+:class:`CellResult` as it arrives. It knows nothing of notebooks: the function
+(:func:`mvfa_lite.sweep.run_cell`) runs one cell and writes its results into the cell's own
+folder, so the results store stays the only record of what is finished. SLURM jobs go
+through submitit and Ray tasks through Ray, each installed as an extra
+(``pip install 'mvfa-lite[slurm]'`` / ``'mvfa-lite[ray]'``). A job or task that dies
+(killed for time or memory, a lost node) becomes a failed cell with the engine's log; the
+other cells go on.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import MVFAError
+
+
+@dataclass
+class CellResult:
+    name: str
+    failed: bool = False
+    reason: str = ""            # "ErrorType: message" when failed
+    log: str = ""               # the file to read when failed
+
+
+@dataclass
+class Resources:
+    """What every cell asks of a cluster (from the grid file's ``resources:``, or flags)."""
+    gpus: int | None = None         # None: Ray gives one GPU per cell where GPUs exist
+    cpus: int | None = None
+    mem_gb: float | None = None
+    timeout_min: int | None = None  # SLURM only
+    partition: str | None = None    # SLURM only
+    slurm: dict = field(default_factory=dict)   # more sbatch options, in submitit's names
+
+    KINDS = {"gpus": int, "cpus": int, "mem_gb": (int, float), "timeout_min": int,
+             "partition": str, "slurm": dict}
+
+    @classmethod
+    def from_mapping(cls, mapping: dict, where: str) -> Resources:
+        """Checked ``resources:`` of a grid file; ``where`` names the file in messages."""
+        unknown = sorted(set(mapping) - set(cls.KINDS))
+        if unknown:
+            raise MVFAError(f"{where}: unknown resources {unknown}; use {sorted(cls.KINDS)}.")
+        for key, value in mapping.items():
+            kind = cls.KINDS[key]
+            if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+                wanted = {dict: "a mapping", str: "text"}.get(kind, "a number")
+                raise MVFAError(f"{where}: resources.{key} must be {wanted}, not {value!r}.")
+        return cls(**{key: value for key, value in mapping.items() if value is not None})
+
+    def updated(self, **changes) -> Resources:
+        """A copy with the options given on the command line (None = not given)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Resources(**{**values, **{k: v for k, v in changes.items() if v is not None}})
+
+
+class LocalExecutor:
+    """One cell after another in this process (papermill starts each notebook's kernel)."""
+    name = "local"
+
+    def __init__(self, progress: bool = True):
+        self.progress = progress
+
+    def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
+        for i, cell in enumerate(cells, 1):
+            print(f"[{i}/{len(cells)}] {cell.name}", flush=True)
+            yield function(cell, progress=self.progress)
+
+
+class SlurmExecutor:
+    """One SLURM job array through submitit, one task per cell; submitit's logs (and the
+    pickled jobs) go to ``<output>/.slurm/``. ``cluster="local"`` runs the same submitit
+    jobs as processes on this machine, to try a grid before sending it to the cluster."""
+    name = "slurm"
+
+    def __init__(self, resources: Resources | None = None, cluster: str = "slurm",
+                 poll_seconds: float | None = None):
+        self.resources = resources or Resources()
+        self.cluster = cluster
+        self.poll_seconds = poll_seconds or (1 if cluster == "local" else 15)
+
+    def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
+        submitit = _require("submitit", "slurm")
+        if self.cluster == "slurm" and shutil.which("sbatch") is None:
+            raise MVFAError("--executor slurm: sbatch is not on this machine's PATH; run the "
+                            "sweep on the cluster's login node (or try it here with "
+                            "--submitit-cluster local).")
+        logs = output / ".slurm"
+        jobs = self.submitit_executor(logs).map_array(function, cells)
+        cell_of = {job.job_id: cell for job, cell in zip(jobs, cells)}
+        print(f"submitted {len(jobs)} cells as {self.cluster} jobs {jobs[0].job_id}"
+              + (f" to {jobs[-1].job_id}" if len(jobs) > 1 else "")
+              + f"; submitit logs in {logs}", flush=True)
+        for job in submitit.helpers.as_completed(jobs, poll_frequency=self.poll_seconds):
+            cell = cell_of[job.job_id]
+            try:
+                yield job.result()
+            except Exception as error:      # the job itself died: time, memory, node
+                yield CellResult(cell.name, failed=True, reason=_last_error(error),
+                                 log=str(job.paths.stderr))
+
+    def submitit_executor(self, logs: Path):
+        """submitit's executor with this sweep's resources; logs and jobs go to ``logs``."""
+        submitit = _require("submitit", "slurm")
+        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster)
+        try:
+            executor.update_parameters(**self._parameters(logs))
+        except NameError as error:          # submitit's message lists the valid names
+            raise MVFAError(f"resources.slurm: {str(error).splitlines()[0]}") from None
+        return executor
+
+    def _parameters(self, logs: Path) -> dict:
+        r = self.resources
+        timeout = r.timeout_min or (None if self.cluster == "slurm" else 24 * 60)
+        parameters = dict(name=f"mvfa-{logs.parent.name}", nodes=1, tasks_per_node=1,
+                          gpus_per_node=r.gpus or 0, cpus_per_task=r.cpus,
+                          mem_gb=r.mem_gb, timeout_min=timeout, slurm_partition=r.partition)
+        parameters.update({f"slurm_{key}": value for key, value in r.slurm.items()})
+        return parameters
+
+
+class RayExecutor:
+    """One Ray task per cell. ``address``: ``auto`` (the cluster this machine belongs to),
+    ``ray://head:10001`` (Ray Client), or None: $RAY_ADDRESS if set, else a Ray runtime
+    started here for the sweep and stopped after it. Every node needs mvfa-lite installed
+    and the sweep's output folder on a shared file system."""
+    name = "ray"
+
+    def __init__(self, resources: Resources | None = None, address: str | None = None,
+                 init_options: dict | None = None):
+        self.resources = resources or Resources()
+        self.address = address
+        self.init_options = init_options or {}
+
+    def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
+        ray = _require("ray", "ray")
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, **self.init_options)
+        try:
+            r = self.resources
+            gpus = r.gpus if r.gpus is not None else min(1, ray.cluster_resources().get("GPU", 0))
+            task = ray.remote(function).options(
+                num_cpus=r.cpus or 1, num_gpus=gpus,
+                memory=int(r.mem_gb * 2**30) if r.mem_gb else None)
+            pending = {task.remote(cell): cell for cell in cells}
+            print(f"submitted {len(cells)} cells as Ray tasks ({gpus} GPU each)", flush=True)
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                cell = pending.pop(ready)
+                try:
+                    yield ray.get(ready)
+                except Exception as error:  # the worker died, or Ray could not run it
+                    yield CellResult(cell.name, failed=True, reason=_last_error(error),
+                                     log=str(cell.log))
+        finally:
+            if started:
+                ray.shutdown()
+
+
+EXECUTORS = {"local": LocalExecutor, "slurm": SlurmExecutor, "ray": RayExecutor}
+
+
+def make_executor(name: str, resources: Resources, progress: bool = True, **options):
+    """The executor called ``name``; options: ``cluster`` (slurm), ``address`` and
+    ``init_options`` (ray). Local runs ignore resources."""
+    if name not in EXECUTORS:
+        raise MVFAError(f"unknown executor {name!r}; choose from {sorted(EXECUTORS)}.")
+    if name == "local":
+        return LocalExecutor(progress)
+    return EXECUTORS[name](resources, **options)
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise MVFAError(f"--executor {extra} needs {module}: pip install "
+                        f"'mvfa-lite[{extra}]'") from None
+
+
+def _last_error(error: BaseException) -> str:
+    """``ErrorType: message`` of the error behind an engine's wrapper, on one line."""
+    cause = getattr(error, "cause", None) or error
+    text = str(cause).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    kind = type(cause).__name__
+    if lines and kind == "FailedJobError":
+        # submitit passes the job's traceback as text: its last line is the error
+        return lines[-1].strip()[:300]
+    if len(lines) > 1 and kind == "UncompletedJobError":
+        # "Job <id> (task: 0) with path <result file>" / "has not produced any output (state)"
+        return f"{kind}: the job {lines[1].strip()}"[:300]
+    return f"{kind}: {lines[0] if lines else ''}"[:300]

@@ -1,0 +1,54 @@
+"""The notebooks' one switch between real CLIP weights and the tiny random-weight ViT.
+
+``real_weights = None`` (the default of every notebook) means: real OpenAI CLIP ViT-L/14@336
+when a CUDA GPU is there and the weights can be had (internet, or ``MVFA_CLIP_CHECKPOINT``);
+otherwise the tiny random ViT, said loudly. ``True`` / ``False`` force one or the other.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+#: what real weights cost: the paper's model, size and schedule (GPU minutes per training)
+REAL = dict(model_name="ViT-L-14-336", pretrained="openai", image_size=240, epochs=50)
+#: seconds on a laptop CPU; numbers from it test the code and are not results
+TINY = dict(model_name="tiny-random", pretrained="random", image_size=240)
+
+
+def online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
+    """True if the weights' host answers (False at once when HF_HUB_OFFLINE=1)."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def model_settings(real_weights: bool | None = None, *, tiny: dict | None = None,
+                   **explicit) -> dict:
+    """MVFAConfig fields for the backbone and schedule, printed with the reason.
+
+    Args:
+        real_weights: None = decide (GPU and weights at hand); True / False force it.
+        tiny: the notebook's own cheap settings for the tiny ViT, e.g. ``dict(epochs=3)``.
+        explicit: parameters the user set (model_name, pretrained, epochs, image_size);
+            ``None`` values are ignored.
+    """
+    gpu = torch.cuda.is_available()
+    reachable = bool(os.environ.get("MVFA_CLIP_CHECKPOINT")) or online()
+    real = real_weights if real_weights is not None else gpu and reachable
+    settings = {**(REAL if real else {**TINY, **(tiny or {})}),
+                **{k: v for k, v in explicit.items() if v is not None}}
+    if real:
+        print(f"real weights: {settings['model_name']} ({settings['pretrained']}), "
+              f"{settings.get('epochs', '-')} epochs, {'GPU' if gpu else 'CPU (slow)'}")
+    else:
+        why = "asked for" if real_weights is False else \
+            "no GPU" if not gpu else "no internet and no MVFA_CLIP_CHECKPOINT"
+        print(f"TINY RANDOM-WEIGHT ViT ({why}): numbers test the code and are NOT results. "
+              "Set real_weights = True for OpenAI CLIP ViT-L/14@336 (GPU and internet).")
+    return settings

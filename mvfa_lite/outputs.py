@@ -1,0 +1,215 @@
+"""Output folders that are never half written: a command's result appears whole, or not at all.
+
+An :class:`OutputFolder` is made when a command starts, before any training: it creates the
+folder and checks that it can be written. At the end, :meth:`OutputFolder.writing` hands
+out a staging folder beside it (``.<name>.partial-<pid>``) for every file of the result, and
+swaps it in only after the last one is written:
+
+1. the files of the old folder that this command does not write (another command's
+   results, the user's notes) are carried into the staging folder as hard links, so nothing
+   is copied or moved; this command's own files from an earlier run that it does not write
+   now (a ``maps.npz`` of an earlier ``--save-maps``) are left behind: they would be stale;
+2. a marker file (:data:`~mvfa_lite.data.OUTPUT_MARKER`) names the command and its files;
+   image folders never read a folder that holds it;
+3. the staging folder and the old folder are exchanged in one atomic step (Linux
+   ``renameat2(RENAME_EXCHANGE)``) and the old one is deleted. Where the file system cannot
+   exchange, two renames do it; a kill between them leaves the old folder as
+   ``.<name>.previous-<pid>``, and the next command on that folder puts it back.
+
+So a kill at any moment leaves either the old complete result or the new complete result,
+and an exception while writing removes the staging folder and leaves the old one untouched.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fnmatch
+import glob
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .data import OUTPUT_MARKER
+from .errors import OutputError
+
+#: What ``train`` writes; ``evaluate`` writes the same without adapters.pth.
+TRAIN_FILES = ("adapters.pth", "metrics.json", "scores.csv", "maps.npz")
+EVALUATE_FILES = ("metrics.json", "scores.csv", "maps.npz")
+#: What ``predict`` writes: scores.csv and one numbered overlay per image.
+PREDICT_FILES = ("scores.csv", "[0-9][0-9][0-9][0-9][0-9]_*.png")
+
+
+class OutputFolder:
+    """The output folder of one command.
+
+    Args:
+        path: the folder (``--out``); created, with its parents, if missing.
+        command: the command's name, recorded in the marker file.
+        owns: names (or ``fnmatch`` patterns) of the files this command writes; those of an
+            earlier run that it does not write again are removed, every other file is kept.
+        inputs: folders the command reads; the output folder may lie inside them but must
+            neither be one of them nor contain one.
+
+    Raises:
+        OutputError: ``path`` is a file, cannot be created or written, is a mount point,
+            is or contains an input folder, the current folder or the home folder.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str, owns: Iterable[str],
+                 inputs: Iterable[str | os.PathLike] = ()) -> None:
+        self.path = Path(path).expanduser()
+        if self.path.is_symlink():          # swap the folder it points to, not the link
+            self.path = self.path.resolve()
+        self.command = command
+        self.owns = tuple(owns)
+        self._refuse_overlaps(inputs)
+        if self.path.exists() and not self.path.is_dir():
+            raise OutputError(f"--out {self.path} is a file, not a folder. Give a folder name "
+                              "(it is created if missing), or move the file away.")
+        self._recover()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"cannot create the output folder {self.path}: "
+                              f"{error.strerror or error}. Give a folder you can write "
+                              "to.") from None
+        for place, role in ((self.path, "the output folder"),
+                            (self.path.parent, "the folder holding it, where its new version is "
+                                               "prepared before it is swapped in")):
+            _probe_writable(place, role)
+        if self.path.stat().st_dev != self.path.parent.stat().st_dev:
+            raise OutputError(f"--out {self.path} is the top of another file system (a mount "
+                              "point), so it cannot be swapped for its new version. Give a "
+                              f"folder inside it, e.g. {self.path / 'run1'}.")
+
+    def _refuse_overlaps(self, inputs: Iterable[str | os.PathLike]) -> None:
+        out = Path(os.path.realpath(self.path))
+        guarded = [(Path(p), "the input") for p in inputs]
+        guarded += [(Path.cwd(), "the current folder"), (Path.home(), "the home folder")]
+        for folder, role in guarded:
+            folder_real = Path(os.path.realpath(folder))
+            if out == folder_real or out in folder_real.parents:
+                raise OutputError(
+                    f"--out {self.path} {'is' if out == folder_real else 'contains'} {role} "
+                    f"{folder}; the output folder is replaced whole when the results are "
+                    "written. Give a folder of its own, e.g. runs/NAME.")
+
+    def _owned(self, name: str) -> bool:
+        return name == OUTPUT_MARKER or any(fnmatch.fnmatch(name, p) for p in self.owns)
+
+    def _recover(self) -> None:
+        """Clean up after commands on this folder that were killed: put back an old folder
+        left aside between two renames, delete abandoned staging folders."""
+        prefix = f".{self.path.name}."
+        leftovers = sorted((p for p in self.path.parent.glob(f"{glob.escape(prefix)}*-*")
+                            if _pid_of(p, prefix) is not None), key=lambda p: p.stat().st_mtime)
+        for leftover in reversed(leftovers):                # newest first
+            if _alive(_pid_of(leftover, prefix)):
+                continue
+            if leftover.name.startswith(f"{prefix}previous-") and not self.path.exists():
+                os.rename(leftover, self.path)              # the old complete result, back
+            else:
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    @contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Yield an empty staging folder; on a normal exit, swap it in as the new result."""
+        staging = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            yield staging
+            written = sorted(p.name for p in staging.iterdir())
+            self._carry_over(staging, set(written))
+            (staging / OUTPUT_MARKER).write_text(json.dumps(
+                {"command": self.command, "files": written,
+                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+            self._swap_in(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def _carry_over(self, staging: Path, written: set[str]) -> None:
+        """Hard-link every entry of the old folder that this command does not own into the
+        staging folder (files that cannot be linked are copied)."""
+        if not self.path.is_dir():
+            return
+        for entry in self.path.iterdir():
+            if entry.name in written or self._owned(entry.name):
+                continue
+            target = staging / entry.name
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry), target)
+            elif entry.is_dir():
+                shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(entry, target)
+
+    def _swap_in(self, staging: Path) -> None:
+        if not self.path.exists():
+            os.rename(staging, self.path)
+        elif _exchange(staging, self.path):
+            shutil.rmtree(staging, ignore_errors=True)     # now the old folder
+        else:
+            previous = self.path.parent / f".{self.path.name}.previous-{os.getpid()}"
+            os.rename(self.path, previous)
+            os.rename(staging, self.path)
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def _probe_writable(folder: Path, role: str) -> None:
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".mvfa-lite-probe-")
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise OutputError(f"cannot write to {folder} ({role}): {error.strerror or error}. "
+                          "Give an --out in a folder you can write to.") from None
+
+
+def _link_or_copy(source, target) -> None:
+    try:
+        os.link(source, target)
+    except OSError:                 # file systems without hard links
+        shutil.copy2(source, target)
+
+
+def _pid_of(path: Path, prefix: str) -> int | None:
+    kind, _, pid = path.name[len(prefix):].rpartition("-")
+    return int(pid) if kind in ("partial", "previous") and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":   # os.kill(pid, 0) would end it on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step; False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:            # glibc older than 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_cwd, rename_exchange = -100, 2
+    if renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False                 # this file system cannot exchange
+    raise OSError(code, os.strerror(code), f"{a} <-> {b}")
