@@ -53,7 +53,7 @@ from .flops import FlopCount
 from .experiment import build_model, few_shot_data
 from .losses import dice_loss, focal_loss
 from .prompts import object_name
-from .runtime import cpu_bf16_speedup
+from .runtime import cpu_bf16_speedup, cpu_precision
 from .train import Source, ShotSet, compute_stems, fit, normal_bank_images, shot_set
 
 # pass marks (paper protocol, fp32)
@@ -623,7 +623,7 @@ def compare_losses(official: dict) -> dict:
 # --- speed ---------------------------------------------------------------------------------------
 def speed_report(official: dict, ours: dict, peak: dict, precision: str, recipe: str) -> dict:
     """Seconds (timed runs) and FLOP (counted runs) of each program -> rates and ratios."""
-    ours_dtype = "bf16" if precision == "auto" and cpu_bf16_speedup() >= 1.25 else "fp32"
+    ours_dtype = cpu_precision() if precision == "auto" else "fp32"
 
     def program(run: dict, dtype: str) -> dict:
         forward, backward = run["flops"]["forward"], run["flops"]["backward"]
