@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--work-dir", help="a new or empty folder to stage in, kept "
                          "(default: a temporary folder, removed at the end)")
     compare.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    compare.add_argument("--resume", action="store_true",
+                         help="finish an interrupted run in --work-dir (same inputs)")
     compare.add_argument("--out", default="compare-official.json")
     return parser
 
@@ -371,7 +373,7 @@ def _compare_official(args) -> int:
                               split=args.split, shots=args.shots, model_name=args.model_name,
                               clip_checkpoint=args.clip_checkpoint,
                               parts=args.parts, speed_precision=args.speed_precision,
-                              work_dir=args.work_dir,
+                              work_dir=args.work_dir, resume=args.resume,
                               keep=args.keep, **data)
     report["command"] = "mvfa-lite compare-official " + " ".join(sys.argv[2:]) \
         if len(sys.argv) > 1 and sys.argv[1] == "compare-official" else None

@@ -23,6 +23,7 @@ under ``official_driver.py``, which observes it through the names its scripts im
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import pstats
@@ -52,7 +53,7 @@ from .flops import FlopCount
 from .experiment import build_model, few_shot_data
 from .losses import dice_loss, focal_loss
 from .prompts import object_name
-from .runtime import cpu_bf16_speedup
+from .runtime import cpu_bf16_speedup, cpu_precision
 from .train import Source, ShotSet, compute_stems, fit, normal_bank_images, shot_set
 
 # pass marks (paper protocol, fp32)
@@ -92,6 +93,8 @@ def stage_code(official_dir: Path, work: Path, clip_file: Path) -> Path:
     code = work / "code"
     shutil.copytree(official_dir, code, ignore=shutil.ignore_patterns(
         ".git", "images", "data", "*.pth", "*.pt", "__pycache__"))
+    for path in [code, *code.rglob("*")]:       # a read-only checkout gives a read-only copy
+        path.chmod(path.stat().st_mode | 0o200)
     adapter = code / "CLIP/adapter.py"
     adapter.write_text(adapter.read_text().replace(CUDA_LINE, ".to(x.device)"))
     (code / "CLIP/ckpt").mkdir(exist_ok=True)
@@ -202,13 +205,17 @@ def adapter_difference(model, initial: dict, final: dict) -> tuple[float, float]
 # --- running a program in its own process ------------------------------------------------------
 def run_observed(python: str, script_and_args: list[str], out: Path, log: Path, *, cwd: Path,
                  count_flops: bool = False, init: dict | None = None) -> dict:
-    """Run an official script under official_driver.py in its own process; return its record."""
-    command = [python, official_driver.__file__, "--out", str(out), "--official"]
+    """Run an official script under official_driver.py in its own process; return its record
+    (read back when ``out`` exists: a resumed run)."""
+    if out.is_file():
+        return torch.load(out, weights_only=True)
+    command = [python, official_driver.__file__, "--official"]
     if count_flops:
         command.append("--count-flops")
     for name, value in (init or {}).items():
         command += [f"--{name.replace('_', '-')}", str(value)]
-    _run([*command, "--", *script_and_args], cwd, log)
+    _run([*command, "--out", str(out.with_suffix(".tmp")), "--", *script_and_args], cwd, log)
+    out.with_suffix(".tmp").replace(out)
     return torch.load(out, weights_only=True)
 
 
@@ -341,7 +348,8 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
                      classification_data=None, split: str | None = None, shots: int = 4,
                      model_name: str = "ViT-L-14-336", clip_checkpoint=None, init_seed: int = 123,
                      shot_seed: int = 0, parts=PARTS, speed_precision: str = "fp32",
-                     work_dir=None, keep: bool = False, say=print) -> dict:
+                     work_dir=None, keep: bool = False, resume: bool = False,
+                     say=print) -> dict:
     """Run both programs on the same inputs; returns the report (see :func:`format_report`).
 
     ``segmentation_data`` / ``classification_data``: dataset folders (one split, ``split``,
@@ -349,6 +357,8 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
     ``split=None``: each named set's test split, else the folder's only split.
     ``None`` skips that protocol. Training and speed run on the segmentation set (or the
     classification set when it is the only one); speed needs training (its FLOP counts).
+    ``work_dir``: a new or empty folder, kept; with ``resume``, the folder of an interrupted
+    run with the same inputs: the parts it finished are read back, the rest is run.
     """
     official_dir = Path(official_dir).expanduser().resolve()
     check_official(official_dir)
@@ -365,13 +375,16 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
     if "Brain" in sets and not sets["Brain"].has_masks:
         raise MVFAError(f"the segmentation set {segmentation_data} has no Ungood/anomaly_mask "
                         "folder; give a set with masks.")
+    inputs = {"official_dir": str(official_dir), "model": model_name, "split": split,
+              "shots": shots, "init_seed": init_seed, "shot_seed": shot_seed,
+              "clip_checkpoint": None if clip_checkpoint is None else str(clip_checkpoint),
+              "datasets": {key: str(Path(data.root).resolve()) for key, data in sets.items()}}
     if work_dir is not None:                  # the user's folder: used if empty, then kept
         work = Path(work_dir).expanduser().resolve()
-        if work.exists() and any(work.iterdir()):
-            raise MVFAError(f"the work folder {work} is not empty; give a new or empty one.")
-        work.mkdir(parents=True, exist_ok=True)
+        _check_work_dir(work, inputs, resume)
     else:
         work = Path(tempfile.mkdtemp(prefix="mvfa-compare-"))
+    (work / "inputs.json").write_text(json.dumps(inputs, indent=1))
     try:
         return _Comparison(official_dir, official_python, sets, shots, model_name,
                            clip_checkpoint, init_seed, shot_seed, work, say).run(
@@ -383,6 +396,19 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
             say(f"staged inputs, logs and outputs kept in {work}")
 
 
+def _check_work_dir(work: Path, inputs: dict, resume: bool) -> None:
+    if not work.exists() or not any(work.iterdir()):
+        work.mkdir(parents=True, exist_ok=True)
+        return
+    if not resume:
+        raise MVFAError(f"the work folder {work} is not empty; give a new or empty one, or "
+                        "--resume to finish the run staged there.")
+    saved = work / "inputs.json"
+    if not saved.is_file() or json.loads(saved.read_text()) != inputs:
+        raise MVFAError(f"{work} holds a run with other inputs (see {saved}); --resume needs "
+                        "the same official code, datasets, shots, model and seeds.")
+
+
 class _Comparison:
     """The inputs staged once, then each part of the comparison (one method each)."""
 
@@ -391,14 +417,24 @@ class _Comparison:
         self.started, self.say, self.work = time.perf_counter(), say, work
         self.python, self.shots, self.model_name = official_python, shots, model_name
         self.init_seed, self.tiny = init_seed, model_name == TINY_MODEL
-        if clip_checkpoint is None:
-            self.step(f"writing seeded random {model_name} weights")
-            self.clip_file = write_clip_weights(model_name, work / "clip-random.pt")
-        else:
+        self.done_file = work / "parts-done.json"          # what a resumed run reads back
+        self.done = json.loads(self.done_file.read_text()) if self.done_file.is_file() else {}
+        if clip_checkpoint is not None:
             self.clip_file = Path(clip_checkpoint).expanduser().resolve()
-        self.code = stage_code(official_dir, work, self.clip_file)
-        self.roots = {key: stage_dataset(data, key, self.code, shots, shot_seed)
-                      for key, data in sets.items()}
+        else:
+            self.clip_file = work / "clip-random.pt"
+            if not self.clip_file.is_file():
+                self.step(f"writing seeded random {model_name} weights")
+                write_clip_weights(model_name, work / "clip-random.tmp")
+                (work / "clip-random.tmp").replace(self.clip_file)
+        self.code = work / "code"
+        if not (work / "staged").is_file():             # staging finished, or start again
+            shutil.rmtree(self.code, ignore_errors=True)
+            stage_code(official_dir, work, self.clip_file)
+            for key, data in sets.items():
+                stage_dataset(data, key, self.code, shots, shot_seed)
+            (work / "staged").touch()
+        self.roots = {key: self.code / "data" / f"{key}_AD" for key in sets}
         (work / "logs").mkdir(exist_ok=True)
         self.config = MVFAConfig(model_name=model_name, protocol="paper", precision="fp32",
                                  pretrained="random" if self.tiny else "openai", device="cpu",
@@ -413,6 +449,13 @@ class _Comparison:
             "init_seed": init_seed, "machine": machine(),
             "weights": "seeded random (torch.manual_seed(0)): the figures test the code, they "
                        "are not results" if clip_checkpoint is None else str(self.clip_file)}
+
+    def finished(self, name: str, value) -> None:
+        """Keep a finished part's result, so that a resumed run does not redo it."""
+        self.done[name] = value
+        temporary = self.done_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(self.done))
+        temporary.replace(self.done_file)
 
     def step(self, text: str) -> None:
         self.say(f"[{time.perf_counter() - self.started:6.0f} s] {text}", flush=True)
@@ -448,6 +491,9 @@ class _Comparison:
         torch.save(fixed_loss_inputs(), self.work / "loss-inputs.pt")
         backbone = self.model.backbone
         for key in self.roots:
+            if f"scoring {key}" in self.done:
+                self.report["scoring"][key], self.report["losses"] = self.done[f"scoring {key}"]
+                continue
             self.step(f"official scoring ({key}, test_few.py) ...")
             init_path = self.code / "ckpt" / "few-shot" / f"{key}.pth"
             record = run_observed(
@@ -471,11 +517,15 @@ class _Comparison:
             entry["passed"] = all(part["passed"] for part in entry.values()
                                   if isinstance(part, dict))
             self.report["scoring"][key] = entry
-        self.report["losses"] = compare_losses(record["losses"])
+            self.report["losses"] = compare_losses(record["losses"])
+            self.finished(f"scoring {key}", [entry, self.report["losses"]])
 
     def training(self, key: str) -> None:
         """One official epoch (observed, FLOP counted) and mvfa-lite's loop fed its
         initialisation and its data order (FLOP counted the same way)."""
+        if "training" in self.done:
+            self.report["training"] = self.done["training"]
+            return
         self.step(f"official training epoch, observed ({key}, train_few.py --epoch 1) ...")
         official = run_observed(
             self.python, ["train_few.py", "--obj", key, *self.official_args, "--epoch", "1",
@@ -520,9 +570,13 @@ class _Comparison:
                                for part, values in after.items()},
             passed=losses["pearson"] >= LOSS_PEARSON and absolute <= ADAPTER_TOLERANCE
             and len(trained.step_losses) == len(official["step_losses"]))
+        self.finished("training", result)
 
     def speed(self, key: str, precision: str) -> None:
-        """The same epoch in each program, as its users run it, timed."""
+        """The same epoch in each program, as its users run it, timed (both in one go)."""
+        if "speed" in self.done:
+            self.report["speed"] = self.done["speed"]
+            return
         peak = gemm_peak()
         self.step("official training epoch, timed (train_few.py --epoch 1) ...")
         official = timed_run(
@@ -541,6 +595,7 @@ class _Comparison:
             f"{key}, k = {self.shots}: one epoch of {22 * self.shots} augmented shots at batch "
             f"1, then the memory bank and one test pass over {test_images} images (the "
             "official epoch selection)")
+        self.finished("speed", self.report["speed"])
 
     def train_arguments(self, key: str, precision: str) -> list[str]:
         arguments = ["train", str(self.roots[key]), "--support-split", "valid", "--test-split",
@@ -568,7 +623,7 @@ def compare_losses(official: dict) -> dict:
 # --- speed ---------------------------------------------------------------------------------------
 def speed_report(official: dict, ours: dict, peak: dict, precision: str, recipe: str) -> dict:
     """Seconds (timed runs) and FLOP (counted runs) of each program -> rates and ratios."""
-    ours_dtype = "bf16" if precision == "auto" and cpu_bf16_speedup() >= 1.25 else "fp32"
+    ours_dtype = cpu_precision() if precision == "auto" else "fp32"
 
     def program(run: dict, dtype: str) -> dict:
         forward, backward = run["flops"]["forward"], run["flops"]["backward"]

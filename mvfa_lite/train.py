@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .config import MVFAConfig
 from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
 from .losses import mvfa_loss
 from .model import MVFA

@@ -175,3 +175,20 @@ def test_speed_shortcuts_change_nothing(tiny_model):
     from_stems = build_memory_bank(tiny_model, stems=compute_stems(tiny_model, shots))
     for a, b in zip(from_images.seg + from_images.det, from_stems.seg + from_stems.det):
         torch.testing.assert_close(a, b)
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_parts(chest_root, tmp_path):
+    from mvfa_lite.errors import MVFAError
+    from mvfa_lite.official import compare_official
+    options = dict(classification_data=chest_root, shots=2, model_name="tiny-random",
+                   parts=("scoring",), work_dir=tmp_path / "work", say=lambda *a, **k: None)
+    first = compare_official(STANDIN, official_python=sys.executable, **options)
+    # a resumed run reads the finished parts back: the official code is not run again
+    again = compare_official(STANDIN, official_python="/nonexistent/python", resume=True,
+                             **options)
+    assert again["scoring"] == first["scoring"] and again["passed"]
+    with pytest.raises(MVFAError, match="not empty"):
+        compare_official(STANDIN, official_python=sys.executable, **options)
+    with pytest.raises(MVFAError, match="other inputs"):
+        compare_official(STANDIN, official_python=sys.executable, resume=True,
+                         **{**options, "shots": 3})
