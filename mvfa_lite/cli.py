@@ -38,8 +38,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preset", choices=sorted(PRESETS), default="paper",
                        help="starting settings (default: paper); options below override them")
     group.add_argument("--protocol", choices=list(PROTOCOLS),
-                       help="paper = the official run (batch 1); paper-b16 = the same at the "
-                       "paper's batch 16; corrected = the official code's bugs fixed")
+                       help="paper = the official run (batch 1); paper-b16 = the same at "
+                       "the batch 16 quoted for the paper; corrected = the official code's "
+                       "bugs fixed")
     group.add_argument("--model", dest="model_name",
                        help="open_clip ViT name (default ViT-L-14-336; tiny-random for smoke tests)")
     group.add_argument("--pretrained", help="open_clip pretrained tag (default openai) or 'random'")

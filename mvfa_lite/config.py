@@ -2,7 +2,7 @@
 
 The defaults reproduce the official run (``protocol="paper"``): the official code's quirks,
 its batch size of 1 and its model-selection schedule. ``protocol="paper-b16"`` is the same with
-the batch size the paper's text states (16). ``protocol="corrected"`` switches the official
+the batch size quoted for the paper (16). ``protocol="corrected"`` switches the official
 code's quirks to what the paper describes or what is plainly right. Each difference is one
 derived property below, with one line saying why:
 
@@ -22,7 +22,7 @@ image_score            "paper"                  "det": one rule in every setting
                                                 classification bank is trained for it.
 selection              "test"                   "validation": picking the epoch on the test
                                                 labels leaks them (official issue #17).
-batch_size             1 (paper-b16: 16)        16: the paper's text; batches use the hardware.
+batch_size             1 (paper-b16: 16)        16 (as quoted for the paper): uses the hardware.
 =====================  =======================  ==============================================
 
 ``batch_size`` is a plain field: ``None`` (the default) means the protocol's value above.
@@ -64,7 +64,8 @@ class MVFAConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     epochs: int = 50
     batch_size: int | None = None          # None: the protocol's (paper 1, as the official
-    #                                        code; paper-b16 and corrected 16, the paper's text)
+    #                                        code; paper-b16 and corrected 16, as quoted
+    #                                        for the paper)
     shots: int = 4
     seed: int = 111
     augment: bool = True                   # the official x11 offline augmentation of shots
@@ -248,7 +249,7 @@ _PROTOCOL_TABLE = {
 PRESETS = {
     # the official run: its quirks, batch 1, the test set picks the epoch
     "paper": dict(protocol="paper"),
-    # the same with the batch size the paper's text states
+    # the same with the batch size quoted for the paper (16)
     "paper-b16": dict(protocol="paper-b16"),
     "corrected": dict(protocol="corrected"),
     # the whole pipeline in seconds on a laptop CPU: tiny random ViT, few epochs.

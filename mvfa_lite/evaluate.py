@@ -147,8 +147,10 @@ def _combine(raw: dict, few: bool, has_masks: bool, rule: str, beta: float):
     return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps
 
 
-def compute_metrics(scores: Scores, device: str | torch.device | None = None) -> dict[str, float]:
-    """Image metrics always; pixel metrics when ground-truth masks exist.
+def compute_metrics(scores: Scores, device: str | torch.device | None = None,
+                    regions: bool = True) -> dict[str, float]:
+    """Image metrics always; pixel metrics when ground-truth masks exist (AUPRO, which labels
+    every anomalous region, only with ``regions``).
 
     The pixel metrics sort every pixel's score: seconds for 200 M pixels on a CPU,
     milliseconds on a GPU, so they run on ``device`` (default: a CUDA GPU when there is one;
@@ -164,9 +166,10 @@ def compute_metrics(scores: Scores, device: str | torch.device | None = None) ->
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return metrics.summarize(scores.labels, scores.image_scores, scores.masks.to(device),
-                                 scores.maps.to(device))
+                                 scores.maps.to(device), regions=regions)
     except torch.cuda.OutOfMemoryError:
-        return metrics.summarize(scores.labels, scores.image_scores, scores.masks, scores.maps)
+        return metrics.summarize(scores.labels, scores.image_scores, scores.masks, scores.maps,
+                                 regions=regions)
 
 
 def save_scores(scores: Scores, folder: str | Path, maps: bool = False) -> Path:

@@ -327,11 +327,12 @@ def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
     return pixel_curves(masks, maps, metric="AUPRO").aupro(fpr_limit)
 
 
-def pixel_metrics(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> dict[str, float]:
-    """pixel_auroc, pixel_ap and aupro from one sort of the pixels."""
-    curves = pixel_curves(masks, maps)
-    return {"pixel_auroc": curves.auroc(), "pixel_ap": curves.average_precision(),
-            "aupro": curves.aupro(fpr_limit)}
+def pixel_metrics(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3,
+                  regions: bool = True) -> dict[str, float]:
+    """pixel_auroc, pixel_ap and (unless ``regions=False``) aupro from one sort of the pixels."""
+    curves = pixel_curves(masks, maps, regions=regions)
+    result = {"pixel_auroc": curves.auroc(), "pixel_ap": curves.average_precision()}
+    return result | ({"aupro": curves.aupro(fpr_limit)} if regions else {})
 
 
 # --------------------------------------------------------------------------- summary
@@ -352,12 +353,13 @@ def summarize(
     image_scores: ArrayLike,
     masks: ArrayLike | None = None,
     maps: ArrayLike | None = None,
+    regions: bool = True,
 ) -> dict[str, float]:
     """All metrics in one dict.
 
     Always: image_auroc, image_ap, image_f1_max, image_f1_threshold. When ``masks`` is given
-    and contains anomalous pixels, also pixel_auroc, pixel_ap and aupro (``maps`` required);
-    otherwise :func:`pixel_metrics_absent` says why they are missing.
+    and contains anomalous pixels, also pixel_auroc, pixel_ap and (unless ``regions=False``)
+    aupro (``maps`` required); otherwise :func:`pixel_metrics_absent` says why they are missing.
     """
     f1, threshold = f1_max(labels, image_scores)
     result = {
@@ -373,4 +375,4 @@ def summarize(
             "Pixel metrics need anomaly maps: masks were given but maps is None. "
             "Pass the model's anomaly maps (N, H, W) or leave masks out."
         )
-    return result | pixel_metrics(masks, maps)
+    return result | pixel_metrics(masks, maps, regions=regions)

@@ -59,8 +59,10 @@ class TrainResult:
     best_scores: Scores | None = None                    # the selection set's, when kept
 
 
-def selection_score(metrics: dict) -> float:
-    """The official model-selection score: image AUROC (+ pixel AUROC when masks exist)."""
+def selection_score(scores: Scores) -> float:
+    """The official model-selection score: image AUROC (+ pixel AUROC when masks exist).
+    AUPRO is left out: the selection does not use it, and it costs more than the rest."""
+    metrics = compute_metrics(scores, regions=False)
     return metrics["image_auroc"] + metrics.get("pixel_auroc", 0.0)
 
 
@@ -226,7 +228,7 @@ def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool =
         def select():
             bank = build_memory_bank(model, stems=stems[shots.labels == 0])
             scores = score_dataset(model, selection_set, text, bank, progress=False)
-            return selection_score(compute_metrics(scores)), scores
+            return selection_score(scores), scores
     source = Source(support.name, shots, text, support.has_masks)
     result = fit(model, [source], epochs=epochs or config.epochs, lr=config.lr,
                  batch_size=config.batch_size, select=select, progress=progress, stems=[stems])
@@ -252,7 +254,7 @@ def train_zero_shot(model: MVFA, sources: list, *, target_name: str | None = Non
 
         def select():
             scores = score_dataset(model, selection_set, text, progress=False)
-            return selection_score(compute_metrics(scores)), scores
+            return selection_score(scores), scores
     return fit(model, train_sources, epochs=epochs or config.epochs, lr=config.zero_shot_lr,
                batch_size=config.batch_size, select=select, schedule="fifths",
                progress=progress, num_workers=num_workers)

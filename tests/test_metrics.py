@@ -365,6 +365,9 @@ def test_summarize_with_masks():
     assert result["pixel_auroc"] == pytest.approx(pixel_auroc(masks, maps))
     assert result["pixel_ap"] == pytest.approx(pixel_average_precision(masks, maps))
     assert result["aupro"] == pytest.approx(aupro(masks, maps))
+    # model selection asks for the pixel AUROC only: the same values, no region labelling
+    without_regions = summarize(labels, scores, masks, maps, regions=False)
+    assert without_regions == {k: v for k, v in result.items() if k != "aupro"}
 
 
 def test_summarize_skips_pixel_metrics_without_anomalous_pixels():

@@ -192,3 +192,16 @@ def test_raw_branch_maps_refuse_to_the_fused_result(synth_root, tiny_model):
     torch.testing.assert_close(fuse(raw["zero_map"], raw["few_map"], 0.5), scores.maps)
     plain = score_dataset(tiny_model, data, text, bank, progress=False)
     assert set(plain.branches) == {"zero_det", "few_det"}
+
+
+def test_selection_score_is_image_plus_pixel_auroc():
+    # hand-computed: image AUROC 3/4 (one of four abnormal-normal pairs misordered); every
+    # anomalous pixel outscores every normal one: pixel AUROC 1
+    from mvfa_lite.train import selection_score
+    masks = torch.zeros(4, 4, 4)
+    masks[2:, 1:3, 1:3] = 1
+    maps = masks * 0.5 + 0.25
+    labels, image_scores = torch.tensor([0, 0, 1, 1]), torch.tensor([0.1, 0.4, 0.35, 0.8])
+    scores = Scores(["a", "b", "c", "d"], labels, image_scores, maps, masks)
+    assert selection_score(scores) == pytest.approx(1.75)
+    assert selection_score(Scores(scores.paths, labels, image_scores, maps, None)) == 0.75
