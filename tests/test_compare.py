@@ -16,7 +16,8 @@ from mvfa_lite.config import MVFAConfig
 from mvfa_lite.data import ADDataset
 from mvfa_lite.evaluate import Scores
 from mvfa_lite.official import (CUDA_LINE, agreement, banks_from_official, compare_scores,
-                                data_order, stage_code, stage_dataset)
+                                data_order, nudge_by_one_ulp, stage_code, stage_dataset,
+                                step_agreement)
 from mvfa_lite.official_driver import fingerprint
 from mvfa_lite.train import ShotSet, Source, fit
 
@@ -61,8 +62,12 @@ def test_compare_official_runs_end_to_end(lesion_set, chest_root, tmp_path, caps
     training = report["training"]
     assert training["order_reproduced"] and training["official_steps"] == 2 * 2 * 11
     assert training["ours_steps"] == training["official_steps"]
-    assert training["step_losses"]["pearson"] > 0.999
+    assert training["step_losses"]["pearson"] > 0.999 and training["passed"]
+    assert training["step_losses"]["first_steps_max_abs_diff"] < 1e-5
     assert training["adapters_relative_diff"] < 0.05
+    # the yardstick: the same epoch from adapters one ulp away, a rounding-sized change
+    assert 0 < training["rounding_yardstick"]["max_abs_diff"] < 1e-2
+    assert len(training["auroc_after_epoch"]["image"]) == 3
     speed = report["speed"]
     # the official code computes weight gradients for all of CLIP; mvfa-lite for the adapters
     assert speed["official"]["gflop_backward"] > speed["ours"]["gflop_backward"] > 0
@@ -192,3 +197,23 @@ def test_an_interrupted_run_resumes_without_redoing_finished_parts(chest_root, t
     with pytest.raises(MVFAError, match="other inputs"):
         compare_official(STANDIN, official_python=sys.executable, resume=True,
                          **{**options, "shots": 3})
+
+
+def test_step_agreement_by_hand():
+    # ten steps; the gap is 1e-6 over the first eight (EXACT_STEPS), then 2e-4 and 3e-2
+    reference = np.arange(10, dtype=np.float64)
+    gaps = np.array([1e-6] * 8 + [2e-4, 3e-2])
+    result = step_agreement(reference, reference + gaps)
+    assert result["first_steps_max_abs_diff"] == pytest.approx(1e-6)
+    assert result["first_step_over_1e-4"] == 8
+    assert result["median_abs_diff"] == pytest.approx(1e-6)
+    assert result["max_abs_diff"] == pytest.approx(3e-2)
+    assert step_agreement(reference, reference)["first_step_over_1e-4"] is None
+
+
+def test_nudge_moves_every_adapter_weight_by_one_ulp(tiny_model):
+    before = [w.detach().clone() for w in tiny_model.banks.parameters()]
+    nudge_by_one_ulp(tiny_model)
+    for old, new in zip(before, tiny_model.banks.parameters()):
+        assert (new > old).all()
+        assert torch.equal(torch.nextafter(new, torch.full_like(new, -np.inf)), old)
