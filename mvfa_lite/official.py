@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -742,7 +743,16 @@ def format_report(report: dict) -> str:
         lines += _speed_lines(report["speed"])
     lines += ["", f"overall: {_mark(report['passed'])} (scores, losses and training; "
               f"{report['seconds']:.0f} s)"]
-    return "\n".join(lines)
+    return "\n".join(_wrapped(line) for line in lines)
+
+
+def _wrapped(line: str, width: int = 96) -> str:
+    """A long line folded at ``width``, its continuation indented under it."""
+    line = line.rstrip()
+    if len(line) <= width:
+        return line
+    indent = " " * (len(line) - len(line.lstrip()) + 4)
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent))
 
 
 def _scoring_lines(report: dict) -> list[str]:
