@@ -25,6 +25,7 @@ under ``official_driver.py``, which observes it through the names its scripts im
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,42 @@ def check_official(official_dir: Path) -> None:
     if (official_dir / "CLIP/adapter.py").read_text().count(CUDA_LINE) != 1:
         raise MVFAError(f"{official_dir / 'CLIP/adapter.py'} does not contain exactly one "
                         f"{CUDA_LINE}: this is not the official commit a30bf7b this tool knows.")
+
+
+def third_party_imports(code: Path) -> set[str]:
+    """The top-level modules the official code imports that are neither its own nor Python's."""
+    own = {entry.stem for entry in code.iterdir()}
+    names = set()
+    for file in code.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_bytes(), filename=str(file))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.partition(".")[0])
+    return names - own - set(sys.stdlib_module_names)
+
+
+def check_official_python(python: str, code: Path) -> None:
+    """Stop in one line, before the official code runs, if ``python`` cannot run it."""
+    modules = sorted(third_party_imports(code))
+    probe = ("import importlib.util, sys; print(*(m for m in sys.argv[1:] "
+             "if importlib.util.find_spec(m) is None))")
+    setup = "an environment set up for the official code (see book/benchmarks.md)"
+    try:
+        completed = subprocess.run([python, "-c", probe, *modules], capture_output=True,
+                                   text=True)
+    except OSError as error:
+        raise MVFAError(f"--official-python {python} cannot be run ({error.strerror}); give "
+                        f"the python of {setup}.") from None
+    if completed.returncode != 0:
+        last_error = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MVFAError(f"--official-python {python} failed ({last_error}); give the python "
+                        f"of {setup}.")
+    missing = completed.stdout.split()
+    if missing:
+        raise MVFAError(f"--official-python {python} lacks {', '.join(missing)}, which the "
+                        "official code imports; install them there (pkg_resources comes with "
+                        "setuptools<70, sklearn with scikit-learn, PIL with pillow).")
 
 
 def stage_code(official_dir: Path, work: Path, clip_file: Path) -> Path:
@@ -447,7 +485,8 @@ class _Comparison:
     def __init__(self, official_dir, official_python, sets, shots, model_name, clip_checkpoint,
                  init_seed, shot_seed, work, say):
         self.started, self.say, self.work = time.perf_counter(), say, work
-        self.python, self.shots, self.model_name = official_python, shots, model_name
+        self.official_python, self.shots = official_python, shots
+        self.model_name = model_name
         self.init_seed, self.tiny = init_seed, model_name == TINY_MODEL
         self.done_file = work / "parts-done.json"          # what a resumed run reads back
         self.done = json.loads(self.done_file.read_text()) if self.done_file.is_file() else {}
@@ -481,6 +520,12 @@ class _Comparison:
             "init_seed": init_seed, "machine": machine(),
             "weights": "seeded random (torch.manual_seed(0)): the figures test the code, they "
                        "are not results" if clip_checkpoint is None else str(self.clip_file)}
+
+    @cached_property
+    def python(self) -> str:
+        """The official interpreter, checked on first use (a resumed run may not need it)."""
+        check_official_python(self.official_python, self.code)
+        return self.official_python
 
     def finished(self, name: str, value) -> None:
         """Keep a finished part's result, so that a resumed run does not redo it."""

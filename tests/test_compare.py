@@ -15,9 +15,11 @@ from mvfa_lite.cli import main
 from mvfa_lite.config import MVFAConfig
 from mvfa_lite.data import ADDataset
 from mvfa_lite.evaluate import Scores
-from mvfa_lite.official import (CUDA_LINE, agreement, banks_from_official, compare_scores,
-                                data_order, nudge_by_one_ulp, stage_code, stage_dataset,
-                                step_agreement)
+from mvfa_lite.errors import MVFAError
+from mvfa_lite.official import (CUDA_LINE, agreement, banks_from_official,
+                                check_official_python, compare_scores, data_order,
+                                nudge_by_one_ulp, stage_code, stage_dataset, step_agreement,
+                                third_party_imports)
 from mvfa_lite.official_driver import fingerprint
 from mvfa_lite.train import ShotSet, Source, fit
 
@@ -183,7 +185,6 @@ def test_speed_shortcuts_change_nothing(tiny_model):
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_parts(chest_root, tmp_path):
-    from mvfa_lite.errors import MVFAError
     from mvfa_lite.official import compare_official
     options = dict(classification_data=chest_root, shots=2, model_name="tiny-random",
                    parts=("scoring",), work_dir=tmp_path / "work", say=lambda *a, **k: None)
@@ -217,3 +218,28 @@ def test_nudge_moves_every_adapter_weight_by_one_ulp(tiny_model):
     for old, new in zip(before, tiny_model.banks.parameters()):
         assert (new > old).all()
         assert torch.equal(torch.nextafter(new, torch.full_like(new, -np.inf)), old)
+
+
+def test_the_official_imports_are_read_from_its_files(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "train.py").write_text("import os, numpy as np\nimport pkg.sub\n"
+                                       "from helper import f\nfrom not_installed_xyz.a import b\n")
+    (tmp_path / "helper.py").write_text("def f():\n    import sklearn.metrics\n")
+    (tmp_path / "pkg" / "sub.py").write_text("from . import other\nfrom .x import y\n")
+    # its own modules (pkg, helper), relative and standard-library imports are left out
+    assert third_party_imports(tmp_path) == {"numpy", "sklearn", "not_installed_xyz"}
+
+
+def test_an_unfit_official_python_stops_in_one_line(chest_root, tmp_path, capsys):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "train.py").write_text("import numpy\nimport not_installed_xyz\n")
+    with pytest.raises(MVFAError, match=r"lacks not_installed_xyz, which") as error:
+        check_official_python(sys.executable, tmp_path / "code")
+    assert "numpy" not in str(error.value)
+    with pytest.raises(MVFAError, match="cannot be run"):
+        check_official_python(str(tmp_path / "no-python"), tmp_path / "code")
+    status = main(["compare-official", str(STANDIN), "--official-python",
+                   str(tmp_path / "no-python"), "--classification-data", str(chest_root),
+                   "--shots", "2", "--model", "tiny-random", "--work-dir", str(tmp_path / "w")])
+    message = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(message) == 1 and "cannot be run" in message[0]
