@@ -1,17 +1,24 @@
 """mvfa-lite: MVFA (Huang et al., CVPR 2024) on open_clip, batched and device-agnostic.
 
-Reading order, top to bottom: config -> backbone -> adapters -> prompts -> model ->
-branches -> losses -> images -> data -> shots -> train -> evaluate -> metrics ->
-experiment -> cli.
+The floor plan, bottom to top (imports point down; import-linter checks it, see
+pyproject.toml):
+
+- ``config``, ``errors``, ``runtime``, ``outputs``: the settings as values, the errors,
+  device/precision/seeding, output folders and result files;
+- ``method/``: the paper (backbone, adapters, prompts, model, branches, losses);
+- ``data/``: datasets on disk (layout, images, shots, catalogue, synthlesions);
+- ``protocols/``: training, scoring, metrics, checkpoints, whole experiments;
+- ``tools/``: the command line, benchmarks, sweeps, the comparison with the official code;
+  ``teaching/``: the notebooks' helpers.
 """
 from importlib import import_module
 
 __version__ = "0.1.0"
 # name -> module; imported on first use, so that `mvfa-lite --help` and sweep workers start
 # without loading torch and open_clip
-_EXPORTS = {"MVFAConfig": "config", "preset": "config", "MVFA": "model",
-            "run_few_shot": "experiment", "run_zero_shot": "experiment",
-            "load_trained": "experiment", "MVFAError": "errors", "DataError": "errors",
+_EXPORTS = {"MVFAConfig": "config", "preset": "config", "MVFA": "method.model",
+            "run_few_shot": "protocols.experiment", "run_zero_shot": "protocols.experiment",
+            "load_trained": "protocols.experiment", "MVFAError": "errors", "DataError": "errors",
             "WeightsError": "errors", "CheckpointError": "errors", "MetricError": "errors"}
 __all__ = list(_EXPORTS)
 

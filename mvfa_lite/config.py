@@ -205,7 +205,9 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
 
 def _check_image_size(model_name: str, image_size) -> None:
     """The image must hold at least one patch of the ViT."""
-    from .backbone import patch_size      # the backbone registry knows each ViT's patch
+    from .method.backbone import (
+        patch_size,  # the backbone registry knows each ViT's patch
+    )
     patch = patch_size(model_name) if isinstance(model_name, str) else None
     low = patch or 1
     _check("image_size", image_size, _is_whole(image_size, low),

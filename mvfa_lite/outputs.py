@@ -9,7 +9,7 @@ swaps it in only after the last one is written:
    results, the user's notes) are carried into the staging folder as hard links, so nothing
    is copied or moved; this command's own files from an earlier run that it does not write
    now (a ``maps.npz`` of an earlier ``--save-maps``) are left behind: they would be stale;
-2. a marker file (:data:`~mvfa_lite.data.OUTPUT_MARKER`) names the command and its files;
+2. a marker file (:data:`OUTPUT_MARKER`) names the command and its files;
    image folders never read a folder that holds it;
 3. the staging folder and the old folder are exchanged in one atomic step (Linux
    ``renameat2(RENAME_EXCHANGE)``) and the old one is deleted. Where the file system cannot
@@ -18,6 +18,11 @@ swaps it in only after the last one is written:
 
 So a kill at any moment leaves either the old complete result or the new complete result,
 and an exception while writing removes the staging folder and leaves the old one untouched.
+
+Result files (:func:`write_json`, :func:`save_result`) are written atomically too: a crash
+never leaves half a file. Every notebook ends with :func:`save_result` into its output
+folder; sweeps skip runs whose ``result.json`` exists, and the results page reads them all
+with :func:`collect_results`.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import errno
 import fnmatch
 import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -35,8 +41,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .data import OUTPUT_MARKER
 from .errors import OutputError
+
+#: the file that marks a folder written by mvfa-lite; image folders never read such a folder
+OUTPUT_MARKER = ".mvfa-lite-output"
 
 #: What ``train`` writes; ``evaluate`` writes the same without adapters.pth.
 TRAIN_FILES = ("adapters.pth", "metrics.json", "scores.csv", "maps.npz")
@@ -213,3 +221,74 @@ def _exchange(a: Path, b: Path) -> bool:
     if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
         return False                 # this file system cannot exchange
     raise OSError(code, os.strerror(code), f"{a} <-> {b}")
+
+RESULT_FILE = "result.json"
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary name beside ``path`` (with this process's id, so two processes never
+    share one) to write the file under; on a normal exit it replaces ``path`` in one rename,
+    on an exception it is removed. A crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, payload) -> Path:
+    """Write JSON to ``path`` atomically (:func:`atomic_write`)."""
+    with atomic_write(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, default=_plain))
+    return Path(path)
+
+
+def save_result(out_dir: str | Path, payload: dict) -> Path:
+    """A notebook's final act: ``out_dir/result.json`` (metrics, parameters, weights used)."""
+    return write_json(Path(out_dir) / RESULT_FILE, payload)
+
+
+def collect_results(root: str | Path) -> list[dict]:
+    """Every result.json below ``root``, flattened one level (``metrics.image_auroc`` ...),
+    with ``run`` = its folder relative to root. Short lists become tuples (see _cell).
+    Unreadable files are reported, not fatal."""
+    rows = []
+    for path in sorted(Path(root).rglob(RESULT_FILE)):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"skipping unreadable {path}: {error}")
+            continue
+        row: dict = {"run": path.parent.relative_to(root).as_posix()}
+        for key, value in payload.items():
+            if isinstance(value, dict):
+                row.update({f"{key}.{k}": _cell(v) for k, v in value.items()
+                            if not isinstance(v, dict)})
+            else:
+                row[key] = _cell(value)
+        rows.append({k: v for k, v in row.items() if v is not _SKIP})
+    return rows
+
+
+_SKIP = object()
+
+
+def _cell(value):
+    """A table cell: lists of plain values become tuples (hashable, so groupable, e.g.
+    levels = (6, 12)); long histories and nested structures are left out."""
+    if isinstance(value, list):
+        plain = all(isinstance(v, (int, float, str, bool)) or v is None for v in value)
+        return tuple(value) if plain and len(value) <= 16 else _SKIP
+    return value
+
+
+def _plain(value):
+    """JSON fallback for numpy/torch scalars and paths."""
+    if hasattr(value, "item"):
+        value = value.item()
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+    return str(value)

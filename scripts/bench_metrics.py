@@ -23,8 +23,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from metric_cases import CASES, blobs, reference_aupro, smooth_maps  # noqa: E402
 
-from mvfa_lite.metrics import (  # noqa: E402
-    aupro, pixel_auroc, pixel_average_precision, pixel_metrics)
+from mvfa_lite.protocols.metrics import (  # noqa: E402
+    aupro,
+    pixel_auroc,
+    pixel_average_precision,
+    pixel_metrics,
+)
 
 
 def timed(function, repeats: int) -> tuple[float, object]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import papermill
 import yaml
 
-GPU_PARAMETERS = {"real_weights": True, "device": "cuda"}   # mvfa_lite.notebook.REAL
+GPU_PARAMETERS = {"real_weights": True, "device": "cuda"}   # mvfa_lite.teaching.notebook.REAL
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "_build" / "gpu"
 

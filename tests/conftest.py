@@ -14,18 +14,18 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")       # a missing download fails at once
 
-from mvfa_lite import datasets  # noqa: E402
+from mvfa_lite.data import catalogue  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 # a stand-in of the official code's scripts for test_compare.py; its test_few.py is no test
 collect_ignore = ["official_standin"]
 SHARED_MISSING = (f"needs the extra real sets busi/ and brainmri_navoneel/ in "
-                  f"{datasets.extra_dir()} (not shipped: their licences do not allow it); "
+                  f"{catalogue.extra_dir()} (not shipped: their licences do not allow it); "
                   "set MVFA_SHARED_DATA to run these cases")
 
 
 def shared_available() -> bool:
-    return all((datasets.extra_dir() / name).is_dir() for name in datasets.EXTRA)
+    return all((catalogue.extra_dir() / name).is_dir() for name in catalogue.EXTRA)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -39,19 +39,19 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The folder of the extra real sets (tests using it are skipped when it is absent)."""
-    return datasets.extra_dir()
+    return catalogue.extra_dir()
 
 
 @pytest.fixture(scope="session")
 def chest_root() -> Path:
     """The CC BY 4.0 chest X-rays (image labels only), shipped with mvfa-lite."""
-    return datasets.path("chestxray_kermany224")
+    return catalogue.path("chestxray_kermany224")
 
 
 @pytest.fixture(scope="session")
 def synth_root() -> Path:
     """The shipped chest X-rays with synthetic lesions and exact masks (splits valid, test)."""
-    return datasets.path("chestxray_synthlesion")
+    return catalogue.path("chestxray_synthlesion")
 
 
 @pytest.fixture
@@ -62,5 +62,5 @@ def tiny_config():
 
 @pytest.fixture
 def tiny_model(tiny_config):
-    from mvfa_lite.model import MVFA
+    from mvfa_lite.method.model import MVFA
     return MVFA.from_config(tiny_config)

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from mvfa_lite import experiment
-from mvfa_lite.cli import main
-from mvfa_lite.config import MVFAConfig, preset
-from mvfa_lite.data import ADDataset, ImageFolder
-from mvfa_lite.errors import ConfigError, DataError, DataWarning
-from mvfa_lite.images import load_image
 from test_data import make_dataset, write_png
+
+from mvfa_lite.config import MVFAConfig, preset
+from mvfa_lite.data.images import load_image
+from mvfa_lite.data.layout import ADDataset, ImageFolder
+from mvfa_lite.errors import ConfigError, DataError, DataWarning
+from mvfa_lite.protocols import experiment
+from mvfa_lite.tools.cli import main
 
 PATCH = 14   # the tiny test ViT's patch size
 

@@ -1,7 +1,7 @@
 """The benchmark runs every stage and reports sensible figures (no speed is asserted)."""
 from __future__ import annotations
 
-from mvfa_lite.bench import GeneratedImages, format_table, run_benchmark
+from mvfa_lite.tools.bench import GeneratedImages, format_table, run_benchmark
 
 
 def test_benchmark_reports_every_stage(tiny_config):

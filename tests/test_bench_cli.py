@@ -1,5 +1,5 @@
 """`mvfa-lite bench` sizes: --quick changes the defaults, never what the user gave."""
-from mvfa_lite.cli import BENCH_QUICK, BENCH_SIZES, bench_sizes, build_parser
+from mvfa_lite.tools.cli import BENCH_QUICK, BENCH_SIZES, bench_sizes, build_parser
 
 
 def sizes(*argv: str) -> dict:

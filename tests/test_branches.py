@@ -7,10 +7,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvfa_lite.branches import (MemoryBank, class_score, fuse, min_max, nearest_cosine_distance,
-                                patch_logits, segmentation_probs, zero_shot)
-from mvfa_lite.losses import classification_loss, dice_loss, focal_loss, mvfa_loss
-from mvfa_lite.model import Features
+from mvfa_lite.method.branches import (
+    MemoryBank,
+    class_score,
+    fuse,
+    min_max,
+    nearest_cosine_distance,
+    patch_logits,
+    segmentation_probs,
+    zero_shot,
+)
+from mvfa_lite.method.losses import (
+    classification_loss,
+    dice_loss,
+    focal_loss,
+    mvfa_loss,
+)
+from mvfa_lite.method.model import Features
 
 
 def test_nearest_cosine_distance_matches_a_brute_force_loop():

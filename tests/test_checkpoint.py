@@ -10,18 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from mvfa_lite.backbone import load_backbone
-from mvfa_lite.checkpoint import (
+from mvfa_lite.errors import CheckpointError, DataError, WeightsError
+from mvfa_lite.method.backbone import load_backbone
+from mvfa_lite.method.model import MVFA
+from mvfa_lite.protocols.checkpoint import (
     FORMAT,
     clip_fingerprint,
     load_adapters,
     read_checkpoint,
     save_checkpoint,
 )
-from mvfa_lite.cli import main
-from mvfa_lite.errors import CheckpointError, DataError, WeightsError
-from mvfa_lite.experiment import load_trained
-from mvfa_lite.model import MVFA
+from mvfa_lite.protocols.experiment import load_trained
+from mvfa_lite.tools.cli import main
 
 
 class CreatesAFile:

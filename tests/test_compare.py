@@ -11,17 +11,26 @@ import pytest
 import torch
 from PIL import Image
 
-from mvfa_lite.cli import main
 from mvfa_lite.config import MVFAConfig
-from mvfa_lite.data import ADDataset
-from mvfa_lite.evaluate import Scores
+from mvfa_lite.data.layout import ADDataset
 from mvfa_lite.errors import MVFAError
-from mvfa_lite.official import (CUDA_LINE, agreement, banks_from_official,
-                                check_official_python, compare_scores, data_order,
-                                nudge_by_one_ulp, stage_code, stage_dataset, step_agreement,
-                                third_party_imports)
-from mvfa_lite.official_driver import fingerprint
-from mvfa_lite.train import ShotSet, Source, fit
+from mvfa_lite.protocols.evaluate import Scores
+from mvfa_lite.protocols.train import ShotSet, Source, fit
+from mvfa_lite.tools.cli import main
+from mvfa_lite.tools.compare.comparison import (
+    CUDA_LINE,
+    agreement,
+    banks_from_official,
+    check_official_python,
+    compare_scores,
+    data_order,
+    nudge_by_one_ulp,
+    stage_code,
+    stage_dataset,
+    step_agreement,
+    third_party_imports,
+)
+from mvfa_lite.tools.compare.driver import fingerprint
 
 STANDIN = Path(__file__).resolve().parent / "official_standin"
 
@@ -167,9 +176,9 @@ def test_official_selection_schedules(tiny_model, schedule, calls, best_epoch, b
 
 def test_speed_shortcuts_change_nothing(tiny_model):
     """mvfa-lite train cuts the text padding and builds the bank from cached stems: exact."""
-    from mvfa_lite.evaluate import build_memory_bank
-    from mvfa_lite.prompts import state_sentences
-    from mvfa_lite.train import compute_stems
+    from mvfa_lite.method.prompts import state_sentences
+    from mvfa_lite.protocols.evaluate import build_memory_bank
+    from mvfa_lite.protocols.train import compute_stems
     backbone = tiny_model.backbone
     sentences = state_sentences("Chest X-ray film")
     tokens = backbone.tokenizer(sentences)
@@ -185,7 +194,7 @@ def test_speed_shortcuts_change_nothing(tiny_model):
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_parts(chest_root, tmp_path):
-    from mvfa_lite.official import compare_official
+    from mvfa_lite.tools.compare.comparison import compare_official
     options = dict(classification_data=chest_root, shots=2, model_name="tiny-random",
                    parts=("scoring",), work_dir=tmp_path / "work", say=lambda *a, **k: None)
     first = compare_official(STANDIN, official_python=sys.executable, **options)

@@ -1,4 +1,4 @@
-"""Tests of mvfa_lite.data, .images and .shots: loading, bad inputs, few-shot selection and
+"""Tests of mvfa_lite.data.layout, .images and .shots: loading, bad inputs, few-shot selection and
 augmentation."""
 
 from __future__ import annotations
@@ -11,11 +11,22 @@ import pytest
 import torch
 from PIL import Image
 
-from mvfa_lite import datasets
-from mvfa_lite.data import BMAD_KEYS, ADDataset, ImageFolder, Item, bmad_root
-from mvfa_lite.images import image_to_tensor, load_image, load_mask, mask_to_tensor
-from mvfa_lite.shots import (AUGMENTATIONS_PER_SHOT, augment_shots, read_seed_file, select_shots,
-                             split_off_shots)
+from mvfa_lite.data import catalogue
+from mvfa_lite.data.images import image_to_tensor, load_image, load_mask, mask_to_tensor
+from mvfa_lite.data.layout import (
+    BMAD_KEYS,
+    ADDataset,
+    ImageFolder,
+    Item,
+    bmad_root,
+)
+from mvfa_lite.data.shots import (
+    AUGMENTATIONS_PER_SHOT,
+    augment_shots,
+    read_seed_file,
+    select_shots,
+    split_off_shots,
+)
 from mvfa_lite.errors import DataError
 
 S = 32  # small image size keeps the tests fast
@@ -71,7 +82,7 @@ def raises_data_error(*fragments):
     pytest.param("busi", True, marks=pytest.mark.shared),
     pytest.param("brainmri_navoneel", False, marks=pytest.mark.shared)])
 def test_embedded_sets_load(folder, has_masks):
-    ds = ADDataset(datasets.path(folder), "embedded", image_size=S)
+    ds = ADDataset(catalogue.path(folder), "embedded", image_size=S)
     assert ds.name == folder
     assert len(ds) == 40 and ds.num_normal == 20 and ds.num_abnormal == 20
     assert ds.has_masks == has_masks

@@ -6,23 +6,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mvfa_lite import datasets, synthlesions
-from mvfa_lite.data import ADDataset
+from mvfa_lite.data import catalogue, synthlesions
+from mvfa_lite.data.layout import ADDataset
 from mvfa_lite.errors import DataError
 
 
-@pytest.mark.parametrize("name", datasets.SHIPPED)
+@pytest.mark.parametrize("name", catalogue.SHIPPED)
 def test_each_shipped_set_is_here_and_names_its_licence(name):
-    folder = datasets.path(name)
+    folder = catalogue.path(name)
     manifest = (folder / "MANIFEST.md").read_text()
     assert "CC BY 4.0" in manifest and "Kermany" in manifest
-    test = ADDataset(folder, datasets.splits(name)[1])
+    test = ADDataset(folder, catalogue.splits(name)[1])
     assert test.num_normal > 0 and test.num_abnormal > 0
 
 
 def test_synthetic_lesions_rebuild_pixel_for_pixel(tmp_path):
-    shipped = datasets.path("chestxray_synthlesion")
-    rebuilt = synthlesions.build(datasets.path("chestxray_kermany224"), tmp_path)
+    shipped = catalogue.path("chestxray_synthlesion")
+    rebuilt = synthlesions.build(catalogue.path("chestxray_kermany224"), tmp_path)
     files = sorted(p.relative_to(shipped) for p in shipped.rglob("*.png"))
     assert files == sorted(p.relative_to(rebuilt) for p in rebuilt.rglob("*.png"))
     assert len(files) == 64 + 32                   # images, and a mask per abnormal image
@@ -44,7 +44,7 @@ def test_planted_masks_are_exactly_the_changed_region():
 def test_a_named_set_that_is_absent_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("MVFA_SHARED_DATA", str(tmp_path))
     with pytest.raises(DataError, match="'busi' is not on this machine.*MVFA_SHARED_DATA"):
-        datasets.path("busi")
+        catalogue.path("busi")
     with pytest.raises(DataError, match="does not exist.*BMAD"):
-        datasets.path(tmp_path / "Brain_AD")
-    assert datasets.path(tmp_path) == tmp_path
+        catalogue.path(tmp_path / "Brain_AD")
+    assert catalogue.path(tmp_path) == tmp_path

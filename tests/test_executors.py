@@ -10,10 +10,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mvfa_lite.cli import main
 from mvfa_lite.errors import MVFAError
-from mvfa_lite.executors import Resources, SlurmExecutor
-from mvfa_lite.sweep import load_grid, run_sweep
+from mvfa_lite.tools.cli import main
+from mvfa_lite.tools.executors import Resources, SlurmExecutor
+from mvfa_lite.tools.sweep import load_grid, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,12 +27,12 @@ def _training_notebook(path):
     body = nbformat.v4.new_code_cell(
         "import pathlib\n"
         "from mvfa_lite import preset, run_few_shot\n"
-        "from mvfa_lite import datasets\n"
-        "from mvfa_lite.results import save_result\n"
+        "from mvfa_lite.data import catalogue\n"
+        "from mvfa_lite.outputs import save_result\n"
         "if fail_marker and pathlib.Path(fail_marker).exists() and seed == 1:\n"
         "    raise RuntimeError('made to fail')\n"
         "config = preset('fast-cpu', epochs=1, shots=shots, seed=seed, device='cpu')\n"
-        "run = run_few_shot(config, datasets.path(dataset), support_split='embedded',\n"
+        "run = run_few_shot(config, catalogue.path(dataset), support_split='embedded',\n"
         "                   test_split='embedded', out=out_dir, save_adapters=False,\n"
         "                   progress=False)\n"
         "save_result(out_dir, {'metrics': run.metrics, 'parameters': {'seed': seed}})")

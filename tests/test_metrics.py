@@ -1,4 +1,4 @@
-"""Tests for mvfa_lite.metrics: agreement with scikit-learn, hand-computed cases, bad input."""
+"""Tests for mvfa_lite.protocols.metrics: agreement with scikit-learn, hand-computed cases, bad input."""
 
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 from metric_cases import CASES, reference_aupro
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from mvfa_lite import metrics
 from mvfa_lite.errors import MetricError
-from mvfa_lite.metrics import (
+from mvfa_lite.protocols import metrics
+from mvfa_lite.protocols.metrics import (
     aupro,
     average_precision,
     f1_max,

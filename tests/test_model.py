@@ -5,12 +5,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mvfa_lite.adapters import Adapter, AdapterBanks
-from mvfa_lite.backbone import default_levels, load_backbone
 from mvfa_lite.config import MVFAConfig, preset
 from mvfa_lite.errors import WeightsError
-from mvfa_lite.model import MVFA
-from mvfa_lite.prompts import ABNORMAL_STATES, NORMAL_STATES, TEMPLATES, state_sentences
+from mvfa_lite.method.adapters import Adapter, AdapterBanks
+from mvfa_lite.method.backbone import default_levels, load_backbone
+from mvfa_lite.method.model import MVFA
+from mvfa_lite.method.prompts import (
+    ABNORMAL_STATES,
+    NORMAL_STATES,
+    TEMPLATES,
+    state_sentences,
+)
 
 
 def test_shapes_through_every_level(tiny_model):
@@ -146,7 +151,7 @@ def test_missing_weights_say_how_to_supply_a_file(tmp_path, monkeypatch):
 
 def test_random_weights_are_flagged(tiny_model):
     assert tiny_model.identity["weights_random"] is True
-    from mvfa_lite.experiment import weights_banner
+    from mvfa_lite.protocols.experiment import weights_banner
     assert "RANDOM WEIGHTS" in weights_banner(tiny_model)
 
 

@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 
 from mvfa_lite import outputs
-from mvfa_lite.data import OUTPUT_MARKER
 from mvfa_lite.errors import OutputError
-from mvfa_lite.outputs import EVALUATE_FILES, TRAIN_FILES, OutputFolder
+from mvfa_lite.outputs import EVALUATE_FILES, OUTPUT_MARKER, TRAIN_FILES, OutputFolder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -173,7 +172,9 @@ KILLER = r"""
 import json, os, shutil, signal, sys
 from pathlib import Path
 import torch
-from mvfa_lite import cli, experiment, outputs
+from mvfa_lite.tools import cli
+from mvfa_lite.protocols import experiment
+from mvfa_lite import outputs
 
 data, out = sys.argv[1], Path(sys.argv[2])
 common = ["train", data, "--support-split", "test", "--test-split", "test", "--preset",

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from mvfa_lite.config import MVFAConfig
-from mvfa_lite.data import ADDataset
-from mvfa_lite.model import MVFA
+from mvfa_lite.data.layout import ADDataset
+from mvfa_lite.data.shots import split_off_shots
+from mvfa_lite.method.model import MVFA
+from mvfa_lite.protocols.train import train_few_shot
 from mvfa_lite.runtime import autocast, cpu_precision, grad_scaler, resolve_precision
-from mvfa_lite.shots import split_off_shots
-from mvfa_lite.train import train_few_shot
 
 CPU = torch.device("cpu")
 

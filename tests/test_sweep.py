@@ -9,10 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mvfa_lite.cli import main
 from mvfa_lite.errors import MVFAError
-from mvfa_lite.results import collect_results, save_result, write_json
-from mvfa_lite.sweep import load_grid, notebook_parameters, run_sweep
+from mvfa_lite.outputs import collect_results, save_result, write_json
+from mvfa_lite.tools.cli import main
+from mvfa_lite.tools.sweep import load_grid, notebook_parameters, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from mvfa_lite import datasets
-from mvfa_lite.checkpoint import load_adapters, save_checkpoint
-from mvfa_lite.cli import main
-from mvfa_lite.data import ADDataset
+from mvfa_lite.data import catalogue
+from mvfa_lite.data.layout import ADDataset
+from mvfa_lite.data.shots import split_off_shots
 from mvfa_lite.errors import CheckpointError, MetricError
-from mvfa_lite.evaluate import Scores, compute_metrics, score_dataset
-from mvfa_lite.experiment import load_trained, run_few_shot, run_zero_shot
-from mvfa_lite.model import MVFA
-from mvfa_lite.prompts import object_name
-from mvfa_lite.shots import split_off_shots
-from mvfa_lite.train import Source, ShotSet, fit, train_few_shot
+from mvfa_lite.method.model import MVFA
+from mvfa_lite.method.prompts import object_name
+from mvfa_lite.protocols.checkpoint import load_adapters, save_checkpoint
+from mvfa_lite.protocols.evaluate import Scores, compute_metrics, score_dataset
+from mvfa_lite.protocols.experiment import load_trained, run_few_shot, run_zero_shot
+from mvfa_lite.protocols.train import ShotSet, Source, fit, train_few_shot
+from mvfa_lite.tools.cli import main
 
 
 @pytest.mark.parametrize("dataset", ["chestxray_synthlesion",
@@ -25,8 +25,8 @@ from mvfa_lite.train import Source, ShotSet, fit, train_few_shot
 def test_few_shot_training_with_masks_lowers_the_loss(tiny_config, dataset):
     config = tiny_config.replace(epochs=6, lr=3e-3)
     model = MVFA.from_config(config)
-    root = datasets.path(dataset)
-    support, _ = split_off_shots(ADDataset(root, datasets.splits(dataset)[0]), 4, seed=0)
+    root = catalogue.path(dataset)
+    support, _ = split_off_shots(ADDataset(root, catalogue.splits(dataset)[0]), 4, seed=0)
     before = [p.clone() for p in model.banks.parameters()]
     result, shots = train_few_shot(model, support, progress=False)
     assert len(shots) == 2 * 4 * 11                        # k normal + k abnormal, x11
@@ -58,8 +58,8 @@ def test_sources_without_masks_train_the_classification_bank_only(chest_root, ti
 def test_evaluation_end_to_end_on_each_named_set(tiny_config, tmp_path, protocol, dataset,
                                                  has_masks, n_test):
     config = tiny_config.replace(protocol=protocol, epochs=1)
-    support_split, test_split = datasets.splits(dataset)
-    run = run_few_shot(config, datasets.path(dataset), support_split=support_split,
+    support_split, test_split = catalogue.splits(dataset)
+    run = run_few_shot(config, catalogue.path(dataset), support_split=support_split,
                        test_split=test_split, out=tmp_path, progress=False)
     assert len(run.scores.paths) == n_test
     assert ("pixel_auroc" in run.metrics) == has_masks
@@ -167,7 +167,7 @@ def test_k_larger_than_the_data_is_explained(chest_root, capsys):
 
 
 def test_cached_stems_score_like_images(synth_root, tiny_model):
-    from mvfa_lite.evaluate import StemSet
+    from mvfa_lite.protocols.evaluate import StemSet
     data = ADDataset(synth_root, "valid").subset(range(5, 11))
     text = tiny_model.text_features("Chest X-ray film")
     direct = score_dataset(tiny_model, data, text, progress=False, batch_size=4)
@@ -181,8 +181,8 @@ def test_cached_stems_score_like_images(synth_root, tiny_model):
 
 
 def test_raw_branch_maps_refuse_to_the_fused_result(synth_root, tiny_model):
-    from mvfa_lite.branches import fuse
-    from mvfa_lite.evaluate import build_memory_bank
+    from mvfa_lite.method.branches import fuse
+    from mvfa_lite.protocols.evaluate import build_memory_bank
     data = ADDataset(synth_root, "valid").subset(range(4, 12))
     text = tiny_model.text_features("Chest X-ray film")
     bank = build_memory_bank(tiny_model, torch.rand(2, 3, 240, 240))
@@ -197,7 +197,7 @@ def test_raw_branch_maps_refuse_to_the_fused_result(synth_root, tiny_model):
 def test_selection_score_is_image_plus_pixel_auroc():
     # hand-computed: image AUROC 3/4 (one of four abnormal-normal pairs misordered); every
     # anomalous pixel outscores every normal one: pixel AUROC 1
-    from mvfa_lite.train import selection_score
+    from mvfa_lite.protocols.train import selection_score
     masks = torch.zeros(4, 4, 4)
     masks[2:, 1:3, 1:3] = 1
     maps = masks * 0.5 + 0.25

@@ -55,7 +55,7 @@ def test_wheel_holds_the_package_and_the_shipped_data_only(dist):
     metadata = {n for n in names if n.split("/")[0].endswith(".dist-info")}
     assert names - metadata == modules | data, sorted((names - metadata) ^ (modules | data))
     entry = zipfile.ZipFile(wheel).read(next(n for n in metadata if n.endswith("entry_points.txt")))
-    assert b"mvfa-lite = mvfa_lite.cli:main" in entry
+    assert b"mvfa-lite = mvfa_lite.tools.cli:main" in entry
     with tarfile.open(sdist) as archive:
         members = {m.split("/", 1)[1] for m in archive.getnames() if "/" in m}
     assert {"pyproject.toml", "README.md", "mvfa_lite/sweep.py"} <= members
@@ -81,7 +81,7 @@ def test_installed_wheel_runs_outside_the_repository(dist, tmp_path):
     env.update(HF_HUB_OFFLINE="1", TQDM_DISABLE="1", MVFA_SHARED_DATA=str(tmp_path / "none"))
     run = lambda *argv: subprocess.run(argv, cwd=work, env=env, capture_output=True,  # noqa
                                        text=True, timeout=600)
-    where = run(python, "-c", "import mvfa_lite, mvfa_lite.datasets as d; "
+    where = run(python, "-c", "import mvfa_lite, mvfa_lite.data.catalogue as d; "
                 "print(mvfa_lite.__file__); print(d.path('chestxray_synthlesion'))")
     assert where.returncode == 0, where.stderr
     assert all(line.startswith(str(site)) for line in where.stdout.split()), where.stdout

@@ -2,7 +2,6 @@
 import os
 
 import torch
-
 from train_few import arguments, memory_bank, setup, test
 from utils import augment
 

@@ -6,13 +6,12 @@ import random
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
-
 from CLIP.adapter import CLIP_Inplanted
 from CLIP.clip import create_model
 from dataset.medical_few import CLASS_INDEX, MedDataset
 from loss import BinaryDiceLoss, FocalLoss
 from prompt import REAL_NAME
+from sklearn.metrics import roc_auc_score
 from utils import augment, cos_sim, encode_text_with_prompt_ensemble
 
 

@@ -3,9 +3,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-
 from CLIP.tokenizer import tokenize
-from mvfa_lite.prompts import ABNORMAL_STATES, NORMAL_STATES, TEMPLATES  # prompt data only
+
+from mvfa_lite.method.prompts import (  # prompt data only
+    ABNORMAL_STATES,
+    NORMAL_STATES,
+    TEMPLATES,
+)
 
 
 def encode_text_with_prompt_ensemble(model, obj, device):

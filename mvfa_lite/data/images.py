@@ -6,7 +6,8 @@
 * :func:`inspect_image` decodes a file once and reports its size and non-finite pixels,
   for the checks made before any training;
 * :func:`image_to_tensor` and :func:`mask_to_tensor` make the (3, S, S) and (S, S) tensors
-  used everywhere else.
+  used everywhere else; :func:`overlay` turns an image and its anomaly map back into a
+  picture.
 
 Every problem with a file raises :class:`~mvfa_lite.errors.DataError` with a message that
 names the file and says how to fix it.
@@ -19,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from PIL import Image
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -31,6 +33,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "mask_to_tensor",
+    "overlay",
 ]
 
 PathLike = str | os.PathLike
@@ -234,3 +237,16 @@ def mask_to_tensor(mask: Image.Image, image_size: int) -> torch.Tensor:
     mask = _binarise_mask(mask).resize((image_size, image_size), Image.Resampling.NEAREST)
     pixels = torch.from_numpy(np.array(mask, dtype=np.uint8))  # (S, S) uint8 in {0, 255}
     return (pixels > 127).float()  # (S, S)
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45,
+            cmap: str = "jet") -> Image.Image:
+    """Image (3, S, S) in [0, 1] and a map (S, S) in [0, 1] -> RGB picture of the blend.
+
+    The map is not re-normalised per image: a normal image whose map stays low looks calm,
+    which is what a reader should see (per-image normalisation makes every image look red).
+    """
+    rgb = image.permute(1, 2, 0).clamp(0, 1).numpy()                   # (S, S, 3)
+    colour = colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3]         # (S, S, 3)
+    blend = (1 - alpha) * rgb + alpha * colour
+    return Image.fromarray((blend * 255).round().astype(np.uint8))

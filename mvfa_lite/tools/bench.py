@@ -24,14 +24,14 @@ import time
 import torch
 from torch.utils.data import Dataset
 
-from .branches import few_shot, zero_shot
-from .config import MVFAConfig
-from .evaluate import build_memory_bank, compute_metrics, score_dataset
+from ..config import MVFAConfig
+from ..method.branches import few_shot, zero_shot
+from ..method.losses import mvfa_loss
+from ..method.model import MVFA
+from ..protocols.evaluate import build_memory_bank, compute_metrics, score_dataset
+from ..protocols.train import ShotSet, Source, fit
+from ..runtime import autocast, cpu_bf16_speedup, resolve_device, resolve_precision
 from .flops import FlopCount
-from .losses import mvfa_loss
-from .model import MVFA
-from .runtime import autocast, cpu_bf16_speedup, resolve_device, resolve_precision
-from .train import ShotSet, Source, fit
 
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
 

@@ -2,11 +2,11 @@
 
 ``compare-official`` starts this file as a script, in the Python of the program observed:
 
-    PYTHON official_driver.py --out RESULT.pt [--official] [--count-flops] [--init-seed S ...]
+    PYTHON driver.py --out RESULT.pt [--official] [--count-flops] [--init-seed S ...]
         -- SCRIPT ARGS
 
 It runs SCRIPT as ``__main__`` with ``sys.argv = [SCRIPT, *ARGS]``, optionally counting its
-arithmetic (flops.py, loaded by file path: the official environment has no mvfa-lite), then
+arithmetic (../flops.py, loaded by file path: the official environment has no mvfa-lite), then
 saves a dict of tensors, lists and numbers (``torch.load(..., weights_only=True)`` reads it).
 Counting slows a program down (every operation passes through Python), so the runs that are
 timed run without this driver.
@@ -133,7 +133,7 @@ def _official_losses(path: str) -> dict:
 
 
 def _load_flops_module():
-    path = Path(__file__).with_name("flops.py")
+    path = Path(__file__).parent.parent / "flops.py"
     spec = importlib.util.spec_from_file_location("mvfa_flops", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

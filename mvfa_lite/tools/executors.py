@@ -2,7 +2,7 @@
 
 An executor maps one function over a list of cells and yields each cell's
 :class:`CellResult` as it arrives. It knows nothing of notebooks: the function
-(:func:`mvfa_lite.sweep.run_cell`) runs one cell and writes its results into the cell's own
+(:func:`mvfa_lite.tools.sweep.run_cell`) runs one cell and writes its results into the cell's own
 folder, so the results store stays the only record of what is finished. SLURM jobs go
 through submitit and Ray tasks through Ray, each installed as an extra
 (``pip install 'mvfa-lite[slurm]'`` / ``'mvfa-lite[ray]'``). A job or task that dies
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import MVFAError
+from ..errors import MVFAError
 
 
 @dataclass

@@ -14,8 +14,8 @@ This module provides :class:`ADDataset`, one split of one dataset, :class:`Image
 unlabelled images, and :func:`bmad_root`. Listing a folder reports broken symbolic links
 named like images; :meth:`ADDataset.check` and :meth:`ImageFolder.check` open every file
 once before any training, so that a bad file stops a run at its start, not after hours.
-Reading the files is :mod:`mvfa_lite.images`; the few-shot selection and augmentation is
-:mod:`mvfa_lite.shots`.
+Reading the files is :mod:`mvfa_lite.data.images`; the few-shot selection and augmentation is
+:mod:`mvfa_lite.data.shots`.
 
 Labels are ``0`` for normal and ``1`` for abnormal images. Every problem with the input data
 raises :class:`~mvfa_lite.errors.DataError` with a message that names the file or folder at
@@ -39,10 +39,20 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .errors import DataError, DataWarning
-from .images import (IMAGE_EXTENSIONS, image_to_tensor, inspect_image, is_broken_link,
-                     is_image_file, is_image_name, load_image, load_mask, mask_to_tensor)
-from .runtime import show_progress
+from ..errors import DataError, DataWarning
+from ..outputs import OUTPUT_MARKER
+from ..runtime import show_progress
+from .images import (
+    IMAGE_EXTENSIONS,
+    image_to_tensor,
+    inspect_image,
+    is_broken_link,
+    is_image_file,
+    is_image_name,
+    load_image,
+    load_mask,
+    mask_to_tensor,
+)
 
 __all__ = [
     "ABNORMAL",
@@ -51,7 +61,6 @@ __all__ = [
     "ImageFolder",
     "Item",
     "NORMAL",
-    "OUTPUT_MARKER",
     "bmad_root",
 ]
 
@@ -62,10 +71,6 @@ ABNORMAL = 1
 
 #: The six BMAD datasets, stored as ``<data_root>/<Key>_AD``.
 BMAD_KEYS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
-
-#: A folder holding a file of this name was written by mvfa-lite (see mvfa_lite.outputs);
-#: :class:`ImageFolder` never reads images from it.
-OUTPUT_MARKER = ".mvfa-lite-output"
 
 LAYOUT = (
     "<root>/<split>/good/img/*              normal images\n"

@@ -1,23 +1,9 @@
 """Pictures: anomaly heat maps laid over their images."""
 from __future__ import annotations
 
-import numpy as np
 import torch
-from matplotlib import colormaps
-from PIL import Image
 
-
-def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.45,
-            cmap: str = "jet") -> Image.Image:
-    """Image (3, S, S) in [0, 1] and a map (S, S) in [0, 1] -> RGB picture of the blend.
-
-    The map is not re-normalised per image: a normal image whose map stays low looks calm,
-    which is what a reader should see (per-image normalisation makes every image look red).
-    """
-    rgb = image.permute(1, 2, 0).clamp(0, 1).numpy()                   # (S, S, 3)
-    colour = colormaps[cmap](heat.clamp(0, 1).numpy())[..., :3]         # (S, S, 3)
-    blend = (1 - alpha) * rgb + alpha * colour
-    return Image.fromarray((blend * 255).round().astype(np.uint8))
+from ..data.images import overlay
 
 
 def overlay_grid(images: torch.Tensor, maps: torch.Tensor, masks: torch.Tensor | None = None,

@@ -4,7 +4,7 @@ The only medical images mvfa-lite may redistribute are the CC BY 4.0 paediatric 
 (``data/chestxray_kermany224``), and they have image labels only. To teach and test the
 segmentation half of MVFA on a fresh clone, this module plants blob-shaped opacities and
 lucencies on the 64 normal training X-rays of that set and writes the planted region as the
-mask. It is deterministic: ``python -m mvfa_lite.synthlesions`` rebuilds the shipped set
+mask. It is deterministic: ``python -m mvfa_lite.data.synthlesions`` rebuilds the shipped set
 ``data/chestxray_synthlesion`` pixel for pixel from :data:`SEED` (a test checks that).
 
 The lesions are synthetic: good for checking that maps, masks and pixel metrics work and
@@ -103,7 +103,7 @@ def build(source: Path, out: Path, seed: int = SEED) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .datasets import shipped_dir
+    from .catalogue import shipped_dir
     parser = argparse.ArgumentParser(description="Rebuild the synthetic-lesion chest X-ray set.")
     parser.add_argument("--source", type=Path, default=shipped_dir() / SOURCE)
     parser.add_argument("--out", type=Path, default=shipped_dir() / NAME)

@@ -20,11 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..errors import MetricError
+from ..method.branches import MemoryBank, few_shot, fuse, min_max, zero_shot
+from ..method.model import MVFA
+from ..runtime import autocast, loader_workers, show_progress
 from . import metrics
-from .branches import MemoryBank, few_shot, fuse, min_max, zero_shot
-from .errors import MetricError
-from .model import MVFA
-from .runtime import autocast, loader_workers, show_progress
 
 IMAGE_SCORE_RULES = ("paper", "det", "seg_max")
 

@@ -8,7 +8,7 @@ test runs on a fresh clone, on Colab and after ``pip install``:
                            ``embedded``, plus 64 normal ones in ``train_good``; image labels
                            only; CC BY 4.0 (Kermany, Zhang and Goldbaum 2018).
 ``chestxray_synthlesion``  64 of those normal X-rays, half with synthetic lesions planted by
-                           :mod:`mvfa_lite.synthlesions`, exact pixel masks; splits ``valid``
+                           :mod:`mvfa_lite.data.synthlesions`, exact pixel masks; splits ``valid``
                            (8 + 8) and ``test`` (24 + 24); CC BY 4.0 as its source.
 
 Two more real sets (breast ultrasound with masks, brain MRI) are used as extra test cases
@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import DataError
+from ..errors import DataError
 
 SHIPPED = ("chestxray_kermany224", "chestxray_synthlesion")
 EXTRA = ("busi", "brainmri_navoneel")
@@ -32,7 +32,7 @@ SPLITS = {"chestxray_kermany224": ("embedded", "embedded"),
           "chestxray_synthlesion": ("valid", "test"),
           "busi": ("embedded", "embedded"), "brainmri_navoneel": ("embedded", "embedded")}
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent      # mvfa_lite/
 BMAD_HINT = ("the six BMAD sets come as the MVFA authors' archives (links in the MVFA README, "
              "github.com/MediaBrain-SJTU/MVFA-AD); extract them so that <folder>/Brain_AD exists")
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .data import ABNORMAL, NORMAL, ADDataset
-from .errors import DataError
+from ..errors import DataError
+from .layout import ABNORMAL, NORMAL, ADDataset
 
 __all__ = [
     "AUGMENTATIONS_PER_SHOT",

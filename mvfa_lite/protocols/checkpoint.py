@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .backbone import Backbone
-from .errors import CheckpointError, DataError, unreadable_reason
-from .model import MVFA
+from ..errors import CheckpointError, DataError, unreadable_reason
+from ..method.backbone import Backbone
+from ..method.model import MVFA
 
 FORMAT = "mvfa-lite/2"
 # entry: type; every one must be present
@@ -62,17 +62,14 @@ def save_checkpoint(model: MVFA, path: str | Path, normal_shots: Sequence = (), 
     """Write the adapters of ``model`` to ``path``; ``normal_shots``: the files the few-shot
     memory bank is built from (hashed, so that later edits are caught); ``extra``: any
     other entries (e.g. dataset=...)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     shots = [Path(p).as_posix() for p in normal_shots]
     payload = dict(extra, format=FORMAT, adapters=model.banks.state_dict(),
                    config=model.config.to_dict(), backbone=model.identity,
                    clip_fingerprint=clip_fingerprint(model.backbone), normal_shots=shots,
                    normal_shot_sha256=[file_sha256(p) for p in shots])
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, temporary)
-    temporary.replace(path)          # atomic: a crash never leaves half a checkpoint
-    return path
+    with atomic_write(path) as temporary:     # a crash never leaves half a checkpoint
+        torch.save(payload, temporary)
+    return Path(path)
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -30,9 +30,13 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
-from .errors import MetricError
+from ..errors import MetricError
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # structuring element for ndimage.label
 

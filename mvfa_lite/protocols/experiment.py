@@ -18,25 +18,40 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from .backbone import patch_size
-from .checkpoint import check_normal_shots, load_adapters, read_checkpoint, save_checkpoint
-from .config import MVFAConfig
-from .data import ADDataset
-from .errors import CheckpointError, DataError
-from .evaluate import Scores, build_memory_bank, compute_metrics, save_scores, score_dataset
-from .images import image_to_tensor, load_image
+from ..config import MVFAConfig
+from ..data.images import image_to_tensor, load_image
+from ..data.layout import ADDataset
+from ..data.shots import select_shots, split_off_shots
+from ..errors import CheckpointError, DataError
+from ..method.backbone import patch_size
+from ..method.model import MVFA
+from ..method.prompts import object_name
+from ..outputs import TRAIN_FILES, OutputFolder, write_json
+from ..runtime import resolve_device, resolve_precision, seed_everything
+from .checkpoint import (
+    check_normal_shots,
+    load_adapters,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .evaluate import (
+    Scores,
+    build_memory_bank,
+    compute_metrics,
+    save_scores,
+    score_dataset,
+)
 from .metrics import pixel_metrics_absent
-from .model import MVFA
-from .outputs import TRAIN_FILES, OutputFolder
-from .prompts import object_name
-from .results import write_json
-from .runtime import resolve_device, resolve_precision, seed_everything
-from .shots import select_shots, split_off_shots
-from .train import TrainResult, normal_bank_images, shot_set, train_few_shot, train_zero_shot
+from .train import (
+    TrainResult,
+    normal_bank_images,
+    shot_set,
+    train_few_shot,
+    train_zero_shot,
+)
 
 
 @dataclass

@@ -21,7 +21,7 @@ official layout with their seed files. Then, on each program:
 The official code is never changed in place. A temporary copy is staged; in that copy its one
 hard-wired ``.to('cuda')`` (CLIP/adapter.py) becomes ``.to(x.device)`` so that it runs on a
 CPU. It runs in its own Python (``official_python``: torch, kornia, ftfy, scikit-learn, ...),
-under ``official_driver.py``, which observes it through the names its scripts import.
+under ``driver.py``, which observes it through the names its scripts import.
 """
 from __future__ import annotations
 
@@ -42,24 +42,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
-from . import official_driver
-from .backbone import TINY_MODEL
-from .bench import gemm_peak
-from .config import MVFAConfig
-from . import datasets
-from .data import ADDataset
-from .shots import select_shots
-from .errors import MVFAError
-from .evaluate import StemSet, build_memory_bank, score_dataset
-from .flops import FlopCount
-from .experiment import build_model, few_shot_data
-from .losses import dice_loss, focal_loss
-from .prompts import object_name
-from .runtime import cpu_bf16_speedup, cpu_precision
-from .train import Source, ShotSet, compute_stems, fit, normal_bank_images, shot_set
+from ...config import MVFAConfig
+from ...data import catalogue
+from ...data.layout import ADDataset
+from ...data.shots import select_shots
+from ...errors import MVFAError
+from ...method.backbone import TINY_MODEL
+from ...method.losses import dice_loss, focal_loss
+from ...method.prompts import object_name
+from ...protocols.evaluate import StemSet, build_memory_bank, score_dataset
+from ...protocols.experiment import build_model, few_shot_data
+from ...protocols.train import (
+    ShotSet,
+    Source,
+    compute_stems,
+    fit,
+    normal_bank_images,
+    shot_set,
+)
+from ...runtime import cpu_bf16_speedup, cpu_precision
+from ..bench import gemm_peak
+from ..flops import FlopCount
+from . import driver
 
 # pass marks (paper protocol, fp32)
 SCORE_PEARSON, AUROC_TOLERANCE = 0.999, 1e-3
@@ -205,7 +212,7 @@ def write_clip_weights(model_name: str, path: Path, seed: int = 0) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if model_name == TINY_MODEL:
-            from .backbone import load_backbone
+            from ...method.backbone import load_backbone
             torch.save(load_backbone(TINY_MODEL).clip.state_dict(), path)
             return path
         import open_clip
@@ -275,11 +282,11 @@ def step_agreement(reference, other) -> dict:
 # --- running a program in its own process ------------------------------------------------------
 def run_observed(python: str, script_and_args: list[str], out: Path, log: Path, *, cwd: Path,
                  count_flops: bool = False, init: dict | None = None) -> dict:
-    """Run an official script under official_driver.py in its own process; return its record
+    """Run an official script under driver.py in its own process; return its record
     (read back when ``out`` exists: a resumed run)."""
     if out.is_file():
         return torch.load(out, weights_only=True)
-    command = [python, official_driver.__file__, "--official"]
+    command = [python, driver.__file__, "--official"]
     if count_flops:
         command.append("--count-flops")
     for name, value in (init or {}).items():
@@ -330,7 +337,7 @@ def _run(command: list[str], cwd: Path, log: Path, env=None) -> None:
 
 def _ours_env() -> dict:
     """The environment for mvfa-lite's own process: this mvfa_lite package first."""
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[3])     # holds mvfa_lite/
     paths = [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TQDM_DISABLE": "1"}
 
@@ -392,7 +399,7 @@ def fixed_loss_inputs(size: int = 48, seed: int = 0) -> dict:
 def data_order(official_fingerprints: torch.Tensor, shots: ShotSet, tolerance: float = 1e-3):
     """The official training order as indices into ``shots`` (None when it cannot be matched
     one to one), and the largest fingerprint distance of the match."""
-    ours = official_driver.fingerprint(shots.images)
+    ours = driver.fingerprint(shots.images)
     distance = torch.cdist(official_fingerprints.double(), ours.double())
     nearest = distance.min(dim=1)
     order = nearest.indices
@@ -404,8 +411,8 @@ def data_order(official_fingerprints: torch.Tensor, shots: ShotSet, tolerance: f
 
 def _test_split(root: Path) -> str:
     """A named set's test split; else the folder's only split; else "test"."""
-    if root.name in datasets.SPLITS:
-        return datasets.splits(root.name)[1]
+    if root.name in catalogue.SPLITS:
+        return catalogue.splits(root.name)[1]
     found = [p.name for p in root.iterdir() if (p / "good").is_dir()]
     return found[0] if len(found) == 1 else "test"
 
@@ -662,7 +669,7 @@ class _Comparison:
              "--save_model", "0"], cwd=self.code, log=self.work / "logs" / "official-timed.log",
             phases=OFFICIAL_PHASES)
         self.step(f"mvfa-lite train, timed ({precision}) ...")
-        ours = timed_run([sys.executable, "-m", "mvfa_lite.cli", *self.train_arguments(
+        ours = timed_run([sys.executable, "-m", "mvfa_lite.tools.cli", *self.train_arguments(
             key, precision)], cwd=self.work, log=self.work / "logs" / "ours-timed.log",
             phases=OURS_PHASES, env=_ours_env())
         training = self.report["training"]
@@ -889,5 +896,5 @@ def _speed_lines(s: dict) -> list[str]:
 
 def default_datasets() -> dict:
     """The sets the command uses when none is given (they must be on this machine)."""
-    return {"segmentation_data": datasets.path("chestxray_synthlesion"),
-            "classification_data": datasets.path("chestxray_kermany224")}
+    return {"segmentation_data": catalogue.path("chestxray_synthlesion"),
+            "classification_data": catalogue.path("chestxray_kermany224")}

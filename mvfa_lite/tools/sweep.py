@@ -14,7 +14,7 @@ after its grid values (``shots-1_seed-0``; characters other than letters, digits
 become ``-``) and is checked to lie directly below ``output``; two cells may not share one.
 The notebook gets ``out_dir`` = that folder (absolute; the notebook runs in its own folder,
 and string parameters naming existing paths are made absolute too) and must end by writing
-``result.json`` there (:func:`mvfa_lite.results.save_result`).
+``result.json`` there (:func:`mvfa_lite.outputs.save_result`).
 
 The output folder is the only record of progress. A cell counts as finished when its
 ``result.json`` exists and the parameters recorded beside it (``cell.json``) equal the
@@ -24,7 +24,7 @@ refused with the differences, or run again with ``force``. The executed notebook
 to ``.partial.ipynb`` while it runs, renamed to ``notebook.ipynb`` on success or
 ``failed.ipynb`` on failure (with ``error.txt``); its printed output goes to ``log.txt``. A
 failed cell does not stop the others. Cells run here one after another, as SLURM jobs or as
-Ray tasks: see :mod:`mvfa_lite.executors`.
+Ray tasks: see :mod:`mvfa_lite.tools.executors`.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import MVFAError
+from ..errors import MVFAError
+from ..outputs import RESULT_FILE, write_json
 from .executors import CellResult, Resources, make_executor
-from .results import RESULT_FILE, write_json
 
 RECORD_FILE = "cell.json"       # the parameters a cell was run with
 LOG_FILE = "log.txt"            # what its notebook printed

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import MVFAConfig
 from .adapters import AdapterBanks
 from .backbone import Backbone, default_levels, load_backbone
-from .config import MVFAConfig
 from .prompts import PROMPT_SETS, state_sentences
 
 

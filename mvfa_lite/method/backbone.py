@@ -21,10 +21,11 @@ from pathlib import Path
 
 import open_clip
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-from .errors import WeightsError, unreadable_reason
+from ..errors import WeightsError, unreadable_reason
+from ..outputs import atomic_write
 
 CHECKPOINT_ENV = "MVFA_CLIP_CHECKPOINT"
 TINY_MODEL = "tiny-random"
@@ -192,9 +193,8 @@ def _state_dict_file(path: Path) -> Path:
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
         for key in ("input_resolution", "context_length", "vocab_size"):
             state.pop(key, None)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, target.with_suffix(".tmp"))
-        target.with_suffix(".tmp").replace(target)
+        with atomic_write(target) as temporary:
+            torch.save(state, temporary)
     return target
 
 

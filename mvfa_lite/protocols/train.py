@@ -19,12 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..data.shots import AUGMENTATIONS_PER_SHOT, augment_shots
+from ..method.losses import mvfa_loss
+from ..method.model import MVFA
+from ..method.prompts import object_name
+from ..runtime import autocast, grad_scaler, seed_everything, show_progress
 from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
-from .losses import mvfa_loss
-from .model import MVFA
-from .prompts import object_name
-from .runtime import autocast, grad_scaler, seed_everything, show_progress
-from .shots import AUGMENTATIONS_PER_SHOT, augment_shots
 
 
 class ShotSet(Dataset):

@@ -2,7 +2,7 @@
 
 Errors of the user's making (bad settings, folders, images, checkpoints, weights, output
 folders) are printed as one message that says what to fix, without a traceback; exit status
-2. Everything is checked before any training (see mvfa_lite.experiment). Warnings about
+2. Everything is checked before any training (see mvfa_lite.protocols.experiment). Warnings about
 doubtful data (empty masks, NaN pixels) are printed as one line each.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from .config import PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
-from . import datasets
-from .errors import DataWarning, MVFAError
-from .prompts import PROMPT_SETS
+from ..config import PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
+from ..data import catalogue
+from ..errors import DataWarning, MVFAError
+from ..method.prompts import PROMPT_SETS
 
 # `mvfa-lite bench` sizes: the full benchmark (3,715 = the BrainMRI test split) and --quick
 BENCH_SIZES = dict(batch_size=64, train_batch=32, epochs=50, test_images=3715,
@@ -251,10 +251,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args) -> int:
-    from .experiment import run_few_shot, run_zero_shot
+    from ..protocols.experiment import run_few_shot, run_zero_shot
     config = _config(args)
-    root = datasets.path(args.root)
-    support_split, test_split = datasets.splits(args.root)
+    root = catalogue.path(args.root)
+    support_split, test_split = catalogue.splits(args.root)
     support_split, test_split = args.support_split or support_split, args.test_split or test_split
     if args.setting == "few-shot":
         run = run_few_shot(config, root, support_split=support_split,
@@ -264,7 +264,7 @@ def _train(args) -> int:
     else:
         if not args.sources:
             raise ValueError("zero-shot training needs --sources: the other datasets' folders")
-        sources = [datasets.path(source) for source in args.sources]
+        sources = [catalogue.path(source) for source in args.sources]
         run = run_zero_shot(config, root, sources, source_split=args.source_split,
                             test_split=test_split, out=args.out,
                             clip_checkpoint=args.clip_checkpoint, save_maps=args.save_maps)
@@ -273,21 +273,20 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .data import ADDataset
-    from .evaluate import compute_metrics, save_scores, score_dataset
-    from .experiment import load_trained, smallest_side, weights_banner
-    from .metrics import pixel_metrics_absent
-    from .outputs import EVALUATE_FILES, OutputFolder
-    from .results import write_json
-    from .prompts import object_name
+    from ..data.layout import ADDataset
+    from ..method.prompts import object_name
+    from ..outputs import EVALUATE_FILES, OutputFolder, write_json
+    from ..protocols.evaluate import compute_metrics, save_scores, score_dataset
+    from ..protocols.experiment import load_trained, smallest_side, weights_banner
+    from ..protocols.metrics import pixel_metrics_absent
     output = OutputFolder(args.out, "evaluate", EVALUATE_FILES,
-                          inputs=[datasets.path(args.root)]) if args.out else None
+                          inputs=[catalogue.path(args.root)]) if args.out else None
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
                                         with_bank=not args.zero_shot_only,
                                         allow_other_weights=args.allow_other_weights)
     print(weights_banner(model))
-    split = args.split or datasets.splits(args.root)[1]
-    test = ADDataset(datasets.path(args.root), split, model.config.image_size)
+    split = args.split or catalogue.splits(args.root)[1]
+    test = ADDataset(catalogue.path(args.root), split, model.config.image_size)
     test.require_both_classes().check(smallest_side(model.config))
     text = model.text_features(object_name(test.name))
     scores = score_dataset(model, test, text, bank, description=f"testing {test.name}")
@@ -305,12 +304,12 @@ def _evaluate(args) -> int:
 
 
 def _predict(args) -> int:
-    from .data import ImageFolder
-    from .evaluate import score_dataset
-    from .experiment import load_trained, smallest_side, weights_banner
-    from .outputs import PREDICT_FILES, OutputFolder
-    from .prompts import object_name
-    from .viz import overlay
+    from ..data.images import overlay
+    from ..data.layout import ImageFolder
+    from ..method.prompts import object_name
+    from ..outputs import PREDICT_FILES, OutputFolder
+    from ..protocols.evaluate import score_dataset
+    from ..protocols.experiment import load_trained, smallest_side, weights_banner
     output = OutputFolder(args.out, "predict", PREDICT_FILES, inputs=[args.images])
     model, bank, payload = load_trained(args.checkpoint, args.clip_checkpoint, args.device,
                                         allow_other_weights=args.allow_other_weights)
@@ -348,8 +347,8 @@ def bench_sizes(args) -> dict:
 
 
 def _bench(args) -> int:
+    from ..outputs import write_json
     from .bench import format_table, run_benchmark
-    from .results import write_json
     sizes = bench_sizes(args)
     epochs = sizes.pop("epochs")
     config = MVFAConfig(model_name=args.model_name, pretrained="random",
@@ -367,10 +366,10 @@ def _bench(args) -> int:
 
 
 def _compare_official(args) -> int:
-    from .official import compare_official, default_datasets, format_report
-    from .results import write_json
+    from ..outputs import write_json
+    from .compare.comparison import compare_official, default_datasets, format_report
     defaults = default_datasets()
-    data = {name: datasets.path(given) if given else defaults[name] for name, given in
+    data = {name: catalogue.path(given) if given else defaults[name] for name, given in
             (("segmentation_data", args.segmentation_data),
              ("classification_data", args.classification_data))}
     report = compare_official(args.official_dir, official_python=args.official_python,
