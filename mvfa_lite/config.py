@@ -13,7 +13,7 @@ normalize_pixels       False                    True: the CLIP weights were trai
                                                 mean/std-normalised pixels.
 quick_gelu             False (nn.GELU)          the weights' own activation (QuickGELU for
                                                 OpenAI CLIP): GELU changes every feature.
-bce_on_probabilities   "logits"                 "probabilities": the class score already is a
+bce_on                 "logits"                       "probabilities": the class score already is a
                                                 probability; BCE-with-logits squashes it into
                                                 [0.5, 0.73] and weakens the gradient.
 bank_includes_cls      True                     False: test patches never include CLS, so a CLS
@@ -26,12 +26,20 @@ batch_size             1 (paper-b16: 16)        16 (as quoted for the paper): us
 =====================  =======================  ==============================================
 
 ``batch_size`` is a plain field: ``None`` (the default) means the protocol's value above.
+
+The config is plain values: :meth:`MVFAConfig.validate` checks every field and every quirk
+value without importing torch or open_clip, so a config can be built and read anywhere.
+What depends on the machine or the model registry (the device is present, the image holds
+one patch, the prompt set exists) is checked by ``protocols.experiment.preflight`` before
+any work. :data:`OPTIONS` gives every field its command-line option; the CLI builds its
+options from it, so the two cannot drift apart.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -41,6 +49,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PROTOCOLS = ("paper", "paper-b16", "corrected")
 # the training batch size of each protocol when none is given
 PROTOCOL_BATCH_SIZES = {"paper": 1, "paper-b16": 16, "corrected": 16}
+#: how the final image score is made (method.branches.image_scores)
+IMAGE_SCORE_RULES = ("paper", "det", "seg_max")
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N (mps on Apple silicon)"
 
 
 @dataclass
@@ -87,7 +98,7 @@ class MVFAConfig:
         self.validate()
 
     def validate(self) -> "MVFAConfig":
-        """Check every setting before any work starts; the CLI and the API both end here.
+        """Check the value of every setting and quirk (runs on construction).
 
         Raises ConfigError (a ValueError) naming the setting, its command-line option, the
         value and what is allowed. Returns the config, so ``config.validate()`` chains.
@@ -121,18 +132,27 @@ class MVFAConfig:
         _check("levels", self.levels, self.levels is None or (
             _is_sequence(self.levels) and len(self.levels) > 0
             and all(_is_whole(v, 1) for v in self.levels)), "block numbers >= 1")
-        _check_image_size(self.model_name, self.image_size)
-        _check_device(self.device)
-        unknown = set(self.overrides) - set(_PROTOCOL_TABLE)
-        _check("overrides", sorted(unknown), not unknown,
-               f"protocol quirks, i.e. keys among {sorted(_PROTOCOL_TABLE)}")
+        _check("image_size", self.image_size, _is_whole(self.image_size, 1),
+               "a whole number of pixels (at least the backbone's patch size)")
+        _check("device", self.device, isinstance(self.device, str)
+               and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
+               DEVICE_NAMES)
+        _check("overrides", self.overrides, isinstance(self.overrides, dict),
+               "a dict of protocol quirks")
+        unknown = sorted(set(self.overrides) - set(QUIRKS))
+        _check("overrides", unknown, not unknown,
+               f"protocol quirks, i.e. keys among {sorted(QUIRKS)}")
+        for name, value in self.overrides.items():
+            allowed = QUIRKS[name][2]
+            _check(name, value, any(type(value) is type(v) and value == v for v in allowed),
+                   f"one of {allowed} (a protocol quirk; see mvfa_lite/config.py)")
         return self
 
     # --- protocol-derived behaviour (one line each; see the module docstring) ------------
     def _quirk(self, name: str):
         if name in self.overrides:
             return self.overrides[name]
-        paper, corrected = _PROTOCOL_TABLE[name]
+        paper, corrected, _ = QUIRKS[name]
         return corrected if self.protocol == "corrected" else paper
 
     @property
@@ -191,61 +211,61 @@ def _is_sequence(value) -> bool:
     return isinstance(value, (list, tuple))
 
 
-def _option(name: str) -> str:
-    """The command-line option that sets a config field."""
-    return {"model_name": "--model", "augment": "--no-augment"}.get(
-        name, "--" + name.replace("_", "-"))
-
-
 def _check(name: str, value, ok: bool, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"{name} = {value!r} ({_option(name)}) is not possible: it must be "
+        option = OPTIONS[name][1] if name in OPTIONS else f"--override {name}=..."
+        raise ConfigError(f"{name} = {value!r} ({option}) is not possible: it must be "
                           f"{allowed}.")
 
 
-def _check_image_size(model_name: str, image_size) -> None:
-    """The image must hold at least one patch of the ViT."""
-    from .method.backbone import (
-        patch_size,  # the backbone registry knows each ViT's patch
-    )
-    patch = patch_size(model_name) if isinstance(model_name, str) else None
-    low = patch or 1
-    _check("image_size", image_size, _is_whole(image_size, low),
-           f"a whole number of pixels >= {low}" + (f", the patch size of {model_name}"
-                                                   if patch else ""))
+#: the protocol quirks (module docstring): name -> (paper, corrected, the values allowed)
+QUIRKS = {
+    "normalize_pixels": (False, True, (False, True)),
+    "quick_gelu": (False, None, (False, True, None)),   # None: the weights' own activation
+    "bce_on": ("logits", "probabilities", ("logits", "probabilities")),
+    "bank_includes_cls": (True, False, (False, True)),
+    "image_score": ("paper", "det", IMAGE_SCORE_RULES),
+    "selection": ("test", "validation", ("test", "validation")),
+}
 
-
-def _check_device(device) -> None:
-    """'auto', or a device torch knows and this machine has."""
-    import torch
-    allowed = "auto, cpu, cuda or cuda:N (mps on Apple silicon)"
-    if device == "auto":
-        return
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        parsed = None
-    _check("device", device, parsed is not None and parsed.type in ("cpu", "cuda", "mps"),
-           allowed)
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ConfigError(f"device = {device!r} (--device): torch sees no CUDA GPU on this "
-                              "machine; use --device cpu (or auto).")
-        _check("device", device, (parsed.index or 0) < count, f"one of cuda:0 .. cuda:{count - 1}")
-    if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device = {device!r} (--device): torch sees no Apple GPU on this "
-                          "machine; use --device cpu (or auto).")
-
-
-#                       name: (paper, corrected)
-_PROTOCOL_TABLE = {
-    "normalize_pixels": (False, True),
-    "quick_gelu": (False, None),
-    "bce_on": ("logits", "probabilities"),
-    "bank_includes_cls": (True, False),
-    "image_score": ("paper", "det"),
-    "selection": ("test", "validation"),
+#: the command-line option of every field: name -> (group, flag, kind, help). ``kind`` is
+#: how the CLI parses it: a type, ("nargs", type, n), "true"/"false" (a switch that sets
+#: it), "choice" (the CLI lists the names) or "override" (NAME=VALUE, repeatable).
+OPTIONS = {
+    "protocol": ("model", "--protocol", "choice", "paper = the official run (batch 1); "
+                 "paper-b16 = the same at the batch 16 quoted for the paper; corrected = the "
+                 "official code's bugs fixed"),
+    "model_name": ("model", "--model", str,
+                   "open_clip ViT name (default ViT-L-14-336; tiny-random for smoke tests)"),
+    "pretrained": ("model", "--pretrained", str,
+                   "open_clip pretrained tag (default openai) or 'random'"),
+    "image_size": ("model", "--image-size", int, "default 240"),
+    "levels": ("model", "--levels", ("nargs", int, "+"),
+               "blocks after which adapters sit (default: the four quarters)"),
+    "mix": ("model", "--mix", ("nargs", float, 3),
+            "residual mix: stream, seg adapter, det adapter (0.8 0.1 0.1)"),
+    "device": ("model", "--device", str, "auto (default), cpu, cuda, cuda:1, ..."),
+    "precision": ("model", "--precision", "choice", "auto (default): bf16 on GPUs that have "
+                  "it, fp16 on T4/V100, on a CPU the faster of bf16 and fp32 as measured"),
+    "prompts": ("scoring", "--prompts", "choice", "prompt set (default: paper)"),
+    "temperature": ("scoring", "--temperature", float, "patch-text logit scale (100)"),
+    "beta": ("scoring", "--beta", float, "fusion weight of the zero-shot branch (0.5)"),
+    "memory_chunk": ("scoring", "--memory-chunk", int,
+                     "test patches per nearest-neighbour product (4096; lower saves memory)"),
+    "epochs": ("training", "--epochs", int, "default 50"),
+    "batch_size": ("training", "--batch-size", int,
+                   "default: the protocol's (paper 1, paper-b16 and corrected 16)"),
+    "shots": ("training", "--shots", int, "few-shot: k normal (+ k abnormal) images; default 4"),
+    "seed": ("training", "--seed", int, "default 111"),
+    "lr": ("training", "--lr", float, "few-shot learning rate (1e-3)"),
+    "zero_shot_lr": ("training", "--zero-shot-lr", float, "zero-shot learning rate (1e-4)"),
+    "betas": ("training", "--betas", ("nargs", float, 2), "Adam's betas (0.5 0.999)"),
+    "augment": ("training", "--no-augment", "false",
+                "few-shot: skip the official x11 augmentation of the shots"),
+    "normal_only": ("training", "--normal-only", "true",
+                    "few-shot: train on the k normal shots only"),
+    "overrides": ("model", "--override", "override", "one protocol quirk, NAME=VALUE "
+                  f"(repeatable; names: {', '.join(QUIRKS)})"),
 }
 
 PRESETS = {

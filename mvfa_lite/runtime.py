@@ -10,16 +10,31 @@ import time
 import numpy as np
 import torch
 
-from .config import PRECISIONS
+from .config import DEVICE_NAMES, PRECISIONS
+from .errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is passed to torch.device."""
+    """"auto" -> cuda when available, else cpu; any other name must be a device this machine
+    has (ConfigError naming --device otherwise)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU; use --device cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device = {name!r} (--device) is not possible: it must be "
+                          f"{DEVICE_NAMES}.") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"device = {name!r} (--device): torch sees no CUDA GPU on this "
+                              "machine; use --device cpu (or auto).")
+        if (device.index or 0) >= count:
+            raise ConfigError(f"device = {name!r} (--device) is not possible: it must be one "
+                              f"of cuda:0 .. cuda:{count - 1}.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device = {name!r} (--device): torch sees no Apple GPU on this "
+                          "machine; use --device cpu (or auto).")
     return device
 
 
@@ -56,7 +71,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     gradient scaler) on those that do not (T4, V100), and on a CPU the faster of bf16 and fp32
     as measured on this machine (:func:`cpu_precision`)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ConfigError(f"precision = {precision!r} (--precision) is not possible: it must "
+                          f"be one of {', '.join(PRECISIONS)}.")
     if precision != "auto":
         return precision
     if device.type == "cuda":

@@ -13,9 +13,10 @@ from PIL import Image
 
 from mvfa_lite.config import MVFAConfig
 from mvfa_lite.data.layout import ADDataset
+from mvfa_lite.data.shots import ShotSet
 from mvfa_lite.errors import MVFAError
 from mvfa_lite.protocols.evaluate import Scores
-from mvfa_lite.protocols.train import ShotSet, Source, fit
+from mvfa_lite.protocols.train import Source, fit
 from mvfa_lite.tools.cli import main
 from mvfa_lite.tools.compare.comparison import (
     CUDA_LINE,

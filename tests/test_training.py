@@ -9,14 +9,14 @@ import torch
 
 from mvfa_lite.data import catalogue
 from mvfa_lite.data.layout import ADDataset
-from mvfa_lite.data.shots import split_off_shots
+from mvfa_lite.data.shots import ShotSet, split_off_shots
 from mvfa_lite.errors import CheckpointError, MetricError
 from mvfa_lite.method.model import MVFA
 from mvfa_lite.method.prompts import object_name
 from mvfa_lite.protocols.checkpoint import load_adapters, save_checkpoint
 from mvfa_lite.protocols.evaluate import Scores, compute_metrics, score_dataset
 from mvfa_lite.protocols.experiment import load_trained, run_few_shot, run_zero_shot
-from mvfa_lite.protocols.train import ShotSet, Source, fit, train_few_shot
+from mvfa_lite.protocols.train import Source, fit, train_few_shot
 from mvfa_lite.tools.cli import main
 
 

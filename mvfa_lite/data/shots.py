@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .layout import ABNORMAL, NORMAL, ADDataset
@@ -266,3 +267,30 @@ def augment_shots(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tens
         warped_masks = F.grid_sample(masks_4d, grid, **warp)  # (N, 1, H, W)
         out_masks.append((warped_masks > 0.5).to(images.dtype))
     return torch.cat(out_images), torch.cat(out_masks).squeeze(1)  # (11N, C, H, W), (11N, H, W)
+
+
+class ShotSet(Dataset):
+    """Training images held in memory: images (N, 3, S, S), masks (N, S, S), labels (N,)."""
+
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor):
+        self.images, self.masks, self.labels = images, masks, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i]}
+
+
+def shot_set(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+             augment: bool) -> ShotSet:
+    """The few-shot training set: the shots, x11 augmented when ``augment``."""
+    if augment:
+        images, masks = augment_shots(images, masks)
+        labels = labels.repeat(AUGMENTATIONS_PER_SHOT)
+    return ShotSet(images, masks, labels)
+
+
+def normal_bank_images(shots: ShotSet) -> torch.Tensor:
+    """The images of the normal shots (with their augmentations): the memory bank's source."""
+    return shots.images[shots.labels == 0]

@@ -4,12 +4,21 @@ Zero-shot branch: compare each adapted patch feature with the normal/abnormal te
 Few-shot branch: compare it with a memory bank of adapted features of normal shots; the
 cosine distance to the nearest one is the anomaly score. Fusion: min-max normalise each
 branch over the test set and mix them, beta * zero + (1 - beta) * few.
+
+The final image score follows the protocol's rule (:func:`final_scores`):
+
+* ``"paper"`` (the official code): few-shot on a dataset with masks -> the max of the fused
+  seg map; few-shot without masks -> the fused det score; zero-shot -> the det score always.
+* ``"det"`` (corrected default): always the det score (fused with the few-shot det score
+  when a memory bank is given); the seg map is the pixel map.
+* ``"seg_max"``: always the max of the pixel map.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from ..config import IMAGE_SCORE_RULES
 from .model import Features
 
 
@@ -116,3 +125,18 @@ def min_max(values: torch.Tensor) -> torch.Tensor:
 def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
     """beta * normalised zero-shot + (1 - beta) * normalised few-shot."""
     return beta * min_max(zero) + (1 - beta) * min_max(few)
+
+
+def final_scores(zero_map: torch.Tensor, zero_det: torch.Tensor, few_map: torch.Tensor | None,
+                 few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float):
+    """Maps (N, S, S) and det scores (N,) of a whole test set, per branch (few-shot ones None
+    without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``."""
+    if rule not in IMAGE_SCORE_RULES:               # MVFAConfig.validate refuses these first
+        raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
+    few = few_map is not None
+    if few:
+        maps, det = fuse(zero_map, few_map, beta), fuse(zero_det, few_det, beta)
+    else:
+        maps, det = min_max(zero_map), zero_det
+    use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
+    return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps

@@ -26,6 +26,7 @@ import torch
 from ..errors import CheckpointError, DataError, unreadable_reason
 from ..method.backbone import Backbone
 from ..method.model import MVFA
+from ..outputs import atomic_write
 
 FORMAT = "mvfa-lite/2"
 # entry: type; every one must be present
@@ -111,11 +112,13 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = False) -> dict:
+def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = False,
+                  payload: dict | None = None) -> dict:
     """Load the adapters of ``path`` into ``model`` after checking that they belong to its
-    backbone and CLIP weights (module docstring). Returns the payload; when other weights
-    were allowed, ``payload["weights_warning"]`` says so."""
-    payload = read_checkpoint(path)
+    backbone and CLIP weights (module docstring); ``payload``: its entries, when already
+    read (:func:`read_checkpoint`). Returns the payload; when other weights were allowed,
+    ``payload["weights_warning"]`` says so."""
+    payload = read_checkpoint(path) if payload is None else payload
     saved, current = payload["backbone"], model.identity
     different = [f"{key}: checkpoint {saved.get(key)!r} vs model {current.get(key)!r}"
                  for key in _MUST_MATCH if saved.get(key) != current.get(key)]

@@ -1,13 +1,8 @@
 """Scoring a test set: per-image scores and per-pixel maps, then the metrics.
 
-The model maths lives in branches.py; this module only loops over batches, gathers the
-results and applies the image-score rule of the chosen protocol:
-
-* ``"paper"`` (the official code): few-shot on a dataset with masks -> the max of the fused
-  seg map; few-shot without masks -> the fused det score; zero-shot -> the det score always.
-* ``"det"`` (corrected default): always the det score (fused with the few-shot det score
-  when a memory bank is given); the seg map is the pixel map.
-* ``"seg_max"``: always the max of the pixel map.
+The model maths lives in method/branches.py, the image-score rule of each protocol too
+(:func:`~mvfa_lite.method.branches.final_scores`); this module only loops over batches,
+gathers the results and applies that rule.
 """
 from __future__ import annotations
 
@@ -21,12 +16,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import MetricError
-from ..method.branches import MemoryBank, few_shot, fuse, min_max, zero_shot
+from ..method.branches import MemoryBank, few_shot, final_scores, zero_shot
 from ..method.model import MVFA
 from ..runtime import autocast, loader_workers, show_progress
 from . import metrics
-
-IMAGE_SCORE_RULES = ("paper", "det", "seg_max")
 
 
 @dataclass
@@ -128,23 +121,12 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
             gathered["mask"].append(batch["mask"])
         paths += list(batch["path"])
     raw = {key: torch.cat(values) for key, values in gathered.items() if values}
-    image_scores, maps = _combine(raw, bank is not None, has_masks, config.image_score, config.beta)
+    image_scores, maps = final_scores(raw["zero_map"], raw["zero_det"], raw.get("few_map"),
+                                      raw.get("few_det"), has_masks, config.image_score,
+                                      config.beta)
     kept = ("zero_det", "few_det") + (("zero_map", "few_map") if keep_raw_maps else ())
     branches = {key: raw[key] for key in kept if key in raw}
     return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches)
-
-
-def _combine(raw: dict, few: bool, has_masks: bool, rule: str, beta: float):
-    """Apply the image-score rule (module docstring) -> (image scores (N,), maps (N, S, S))."""
-    if rule not in IMAGE_SCORE_RULES:
-        raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
-    if few:
-        maps = fuse(raw["zero_map"], raw["few_map"], beta)
-        det = fuse(raw["zero_det"], raw["few_det"], beta)
-    else:
-        maps, det = min_max(raw["zero_map"]), raw["zero_det"]
-    use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
-    return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps
 
 
 def compute_metrics(scores: Scores, device: str | torch.device | None = None,
@@ -172,18 +154,21 @@ def compute_metrics(scores: Scores, device: str | torch.device | None = None,
                                  regions=regions)
 
 
-def save_scores(scores: Scores, folder: str | Path, maps: bool = False) -> Path:
-    """Write scores.csv (path, label, score, raw branch scores) and, optionally, maps.npz."""
+def save_scores(scores: Scores, folder: str | Path, maps: bool = False,
+                overlays: list[str] | None = None) -> Path:
+    """Write scores.csv (path, label (-1: unknown), score, raw branch scores, and the overlay
+    picture's file name when ``overlays`` are given) and, optionally, maps.npz."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "scores.csv"
     with open(target, "w", newline="") as handle:
         writer = csv.writer(handle)
         per_image = {k: v for k, v in scores.branches.items() if v.dim() == 1}
-        writer.writerow(["path", "label", "score", *per_image])
+        writer.writerow(["path", "label", "score", *per_image] + ["overlay"] * bool(overlays))
         for i, path in enumerate(scores.paths):
             writer.writerow([path, int(scores.labels[i]), f"{float(scores.image_scores[i]):.6g}",
-                             *(f"{float(v[i]):.6g}" for v in per_image.values())])
+                             *(f"{float(v[i]):.6g}" for v in per_image.values()),
+                             *([overlays[i]] if overlays else [])])
     if maps:
         np.savez_compressed(folder / "maps.npz", maps=scores.maps.half().numpy(),
                             paths=np.array(scores.paths))

@@ -1,4 +1,6 @@
-"""End-to-end runs: the few lines a notebook or the CLI needs for a whole experiment.
+"""End-to-end runs: the few lines a notebook or the CLI needs for a whole experiment:
+train (:func:`run_few_shot`, :func:`run_zero_shot`), score a labelled split again
+(:func:`evaluate_checkpoint`) and score a folder of the user's images (:func:`predict`).
 
 This is where the protocol decides which data plays which role:
 
@@ -8,9 +10,10 @@ This is where the protocol decides which data plays which role:
   does), and on validation data under the corrected one: the support split's images that
   are not shots, when they hold both classes; otherwise the last epoch is kept.
 
-Nothing is trained before every input has been checked: the settings
-(:meth:`MVFAConfig.validate`), the output folder (created and writable), both classes in the
-test split, and every image and mask opened once (:meth:`ADDataset.check`). The results are
+Nothing is trained before every input has been checked: the settings (:func:`preflight`:
+their values, the device, the image size against the backbone's patch, the prompt set), the
+output folder (created and writable), both classes in the test split, and every image and
+mask opened once (:meth:`ADDataset.check`). The results are
 written into a staging folder and swapped in whole (:mod:`mvfa_lite.outputs`), so a run
 killed at any moment leaves the previous complete result.
 """
@@ -18,18 +21,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from ..config import MVFAConfig
-from ..data.images import image_to_tensor, load_image
-from ..data.layout import ADDataset
-from ..data.shots import select_shots, split_off_shots
-from ..errors import CheckpointError, DataError
+from ..data import catalogue
+from ..data.images import image_to_tensor, load_image, overlay
+from ..data.layout import ADDataset, ImageFolder
+from ..data.shots import normal_bank_images, select_shots, shot_set, split_off_shots
+from ..errors import CheckpointError, ConfigError, DataError
 from ..method.backbone import patch_size
 from ..method.model import MVFA
-from ..method.prompts import object_name
-from ..outputs import TRAIN_FILES, OutputFolder, write_json
+from ..method.prompts import PROMPT_SETS, object_name
+from ..outputs import EVALUATE_FILES, PREDICT_FILES, TRAIN_FILES, OutputFolder, write_json
 from ..runtime import resolve_device, resolve_precision, seed_everything
 from .checkpoint import (
     check_normal_shots,
@@ -45,23 +50,34 @@ from .evaluate import (
     score_dataset,
 )
 from .metrics import pixel_metrics_absent
-from .train import (
-    TrainResult,
-    normal_bank_images,
-    shot_set,
-    train_few_shot,
-    train_zero_shot,
-)
+from .train import TrainResult, train_few_shot, train_zero_shot
 
 
 @dataclass
 class Run:
-    """What an experiment produced; ``summary`` is what gets written to metrics.json."""
+    """What an experiment produced; ``summary`` is what gets written to metrics.json.
+    ``train`` is None for :func:`evaluate_checkpoint`."""
     model: MVFA
     metrics: dict
     scores: Scores
-    train: TrainResult
+    train: TrainResult | None
     summary: dict = field(default_factory=dict)
+
+
+def preflight(config: MVFAConfig) -> MVFAConfig:
+    """The checks that need more than the config's values, made first by every entry point:
+    the device exists on this machine, the image holds at least one patch of the backbone,
+    the prompt set exists. Raises ConfigError naming the setting and the fix."""
+    config.validate()
+    resolve_device(config.device)
+    patch = patch_size(config.model_name)
+    if patch and config.image_size < patch:
+        raise ConfigError(f"image_size = {config.image_size} (--image-size) is not possible: "
+                          f"it must be at least {patch}, the patch size of {config.model_name}.")
+    if config.prompts not in PROMPT_SETS:
+        raise ConfigError(f"prompts = {config.prompts!r} (--prompts) is not a prompt set: "
+                          f"choose one of {', '.join(sorted(PROMPT_SETS))}.")
+    return config
 
 
 def build_model(config: MVFAConfig, clip_checkpoint=None) -> MVFA:
@@ -119,7 +135,7 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
     """Few-shot protocol on one dataset: train on the shots, evaluate on the test split.
 
     With ``out``: writes metrics.json, scores.csv (+ maps.npz) and adapters.pth there."""
-    config.validate()
+    preflight(config)
     output = OutputFolder(out, "train", TRAIN_FILES, inputs=[root]) if out is not None else None
     seed_everything(config.seed)
     support, test, selection = few_shot_data(config, root, support_split, test_split,
@@ -149,7 +165,7 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
                   clip_checkpoint=None, progress: bool = True, save_maps: bool = False,
                   save_adapters: bool = True) -> Run:
     """Leave-one-dataset-out: train on the source datasets, test on the unseen target."""
-    config.validate()
+    preflight(config)
     output = OutputFolder(out, "train", TRAIN_FILES, inputs=[target_root, *source_roots]) \
         if out is not None else None
     seed_everything(config.seed)
@@ -184,15 +200,16 @@ def _describe(selection, test) -> str:
     return "test set (paper protocol)" if selection is test else "validation images"
 
 
-def _finish(model: MVFA, scores: Scores, result: TrainResult, output: OutputFolder | None,
-            save_maps: bool, save_adapters: bool, **facts) -> Run:
+def _finish(model: MVFA, scores: Scores, result: TrainResult | None,
+            output: OutputFolder | None, save_maps: bool, save_adapters: bool, **facts) -> Run:
     metrics = compute_metrics(scores)
     summary = dict(facts, metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
                    protocol=model.config.protocol,
                    precision=resolve_precision(model.config.precision, model.device),
                    weights=weights_banner(model), backbone=model.identity,
-                   best_epoch=result.best_epoch, history=result.history,
                    config=model.config.to_dict())
+    if result is not None:
+        summary.update(best_epoch=result.best_epoch, history=result.history)
     if output is not None:
         with output.writing() as folder:     # swapped in whole once every file is written
             if save_adapters:
@@ -213,20 +230,69 @@ def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_ba
     Returns (model, bank, checkpoint payload)."""
     payload = read_checkpoint(checkpoint)
     try:
-        config = MVFAConfig.from_dict({**payload["config"], "device": "cpu"})
+        config = MVFAConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint {checkpoint} has an unusable config entry ({error}); "
                               "it was damaged or edited. Retrain it with `mvfa-lite train`."
                               ) from None
-    config = config.replace(device=device)   # a bad device is the caller's, not the checkpoint's
+    config = preflight(config.replace(device=device))   # the caller's device, not the saved one
     model = build_model(config, clip_checkpoint)
-    payload = load_adapters(model, checkpoint, allow_other_weights)
+    load_adapters(model, checkpoint, allow_other_weights, payload)
     model.eval()
     bank = None
     if with_bank and payload["normal_shots"]:
         shots = check_normal_shots(payload, checkpoint)
         bank = build_memory_bank(model, _normal_shot_images(shots, config))
     return model, bank, payload
+
+
+def evaluate_checkpoint(checkpoint, root, *, split: str | None = None, out=None,
+                        clip_checkpoint=None, device: str = "auto", zero_shot_only: bool = False,
+                        allow_other_weights: bool = False, save_maps: bool = False,
+                        progress: bool = True) -> Run:
+    """Score a labelled split with trained adapters. ``root``: a dataset folder or a shipped
+    set's name; ``split``: default the set's test split. With ``out``: writes metrics.json
+    and scores.csv (+ maps.npz) there."""
+    folder = catalogue.path(root)
+    output = OutputFolder(out, "evaluate", EVALUATE_FILES, inputs=[folder]) \
+        if out is not None else None
+    model, bank, payload = load_trained(checkpoint, clip_checkpoint, device,
+                                        with_bank=not zero_shot_only,
+                                        allow_other_weights=allow_other_weights)
+    if progress:
+        print(weights_banner(model))
+    test = ADDataset(folder, split or catalogue.splits(root)[1], model.config.image_size)
+    test.require_both_classes().check(smallest_side(model.config), progress)
+    scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
+                           progress=progress, description=f"testing {test.name}")
+    return _finish(model, scores, None, output, save_maps, save_adapters=False,
+                   dataset=test.name, checkpoint=str(checkpoint),
+                   weights_warning=payload.get("weights_warning"))
+
+
+def predict(checkpoint, images, *, out, object_word: str | None = None, clip_checkpoint=None,
+            device: str = "auto", allow_other_weights: bool = False,
+            progress: bool = True) -> Scores:
+    """Heat maps and scores for a folder of unlabelled images (or one image): one overlay
+    PNG per image and scores.csv in ``out``. Scores and maps are min-max normalised over
+    the images given. ``object_word``: for the prompts (default: the checkpoint's dataset).
+    For research use only, not for clinical use."""
+    output = OutputFolder(out, "predict", PREDICT_FILES, inputs=[images])
+    model, bank, payload = load_trained(checkpoint, clip_checkpoint, device,
+                                        allow_other_weights=allow_other_weights)
+    if progress:
+        print(weights_banner(model))
+    folder = ImageFolder(images, model.config.image_size, exclude=[output.path])
+    folder.check(smallest_side(model.config), progress)
+    text = model.text_features(object_word or object_name(payload.get("dataset", "")))
+    scores = score_dataset(model, folder, text, bank, has_masks=False, progress=progress,
+                           description="predicting")
+    with output.writing() as staging:
+        pictures = [f"{i:05d}_{Path(path).stem}.png" for i, path in enumerate(scores.paths)]
+        for i, picture in enumerate(pictures):
+            overlay(folder[i]["image"], scores.maps[i]).save(staging / picture)
+        save_scores(scores, staging, overlays=pictures)
+    return scores
 
 
 def _normal_shot_images(paths: list[str], config: MVFAConfig) -> torch.Tensor:

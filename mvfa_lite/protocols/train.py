@@ -19,25 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.shots import AUGMENTATIONS_PER_SHOT, augment_shots
+from ..data.shots import ShotSet, shot_set
 from ..method.losses import mvfa_loss
 from ..method.model import MVFA
 from ..method.prompts import object_name
 from ..runtime import autocast, grad_scaler, seed_everything, show_progress
 from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
-
-
-class ShotSet(Dataset):
-    """Training images held in memory: images (N, 3, S, S), masks (N, S, S), labels (N,)."""
-
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor):
-        self.images, self.masks, self.labels = images, masks, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i], "mask": self.masks[i], "label": self.labels[i]}
 
 
 @dataclass
@@ -193,20 +180,6 @@ def _cached(model: MVFA, selection_set):
 
 
 # --- the two protocols ---------------------------------------------------------------
-def shot_set(images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-             augment: bool) -> ShotSet:
-    """The few-shot training set: the shots, x11 augmented when ``augment``."""
-    if augment:
-        images, masks = augment_shots(images, masks)
-        labels = labels.repeat(AUGMENTATIONS_PER_SHOT)
-    return ShotSet(images, masks, labels)
-
-
-def normal_bank_images(shots: ShotSet) -> torch.Tensor:
-    """The images of the normal shots (with their augmentations): the memory bank's source."""
-    return shots.images[shots.labels == 0]
-
-
 def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool = True,
                    epochs: int | None = None) -> tuple[TrainResult, ShotSet]:
     """Few-shot protocol: adapt on k normal (+ k abnormal) shots of one dataset.

@@ -25,11 +25,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import MVFAConfig
+from ..data.shots import ShotSet
 from ..method.branches import few_shot, zero_shot
 from ..method.losses import mvfa_loss
 from ..method.model import MVFA
 from ..protocols.evaluate import build_memory_bank, compute_metrics, score_dataset
-from ..protocols.train import ShotSet, Source, fit
+from ..protocols.train import Source, fit
 from ..runtime import autocast, cpu_bf16_speedup, resolve_device, resolve_precision
 from .flops import FlopCount
 

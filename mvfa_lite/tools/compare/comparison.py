@@ -48,21 +48,14 @@ from sklearn.metrics import roc_auc_score
 from ...config import MVFAConfig
 from ...data import catalogue
 from ...data.layout import ADDataset
-from ...data.shots import select_shots
+from ...data.shots import ShotSet, normal_bank_images, select_shots, shot_set
 from ...errors import MVFAError
 from ...method.backbone import TINY_MODEL
 from ...method.losses import dice_loss, focal_loss
 from ...method.prompts import object_name
 from ...protocols.evaluate import StemSet, build_memory_bank, score_dataset
 from ...protocols.experiment import build_model, few_shot_data
-from ...protocols.train import (
-    ShotSet,
-    Source,
-    compute_stems,
-    fit,
-    normal_bank_images,
-    shot_set,
-)
+from ...protocols.train import Source, compute_stems, fit
 from ...runtime import cpu_bf16_speedup, cpu_precision
 from ..bench import gemm_peak
 from ..flops import FlopCount
