@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 # without loading torch and open_clip
 _EXPORTS = {"MVFAConfig": "config", "preset": "config", "MVFA": "method.model",
             "run_few_shot": "protocols.experiment", "run_zero_shot": "protocols.experiment",
-            "load_trained": "protocols.experiment", "MVFAError": "errors", "DataError": "errors",
+            "load_trained": "protocols.experiment", "evaluate_checkpoint": "protocols.experiment",
+            "predict": "protocols.experiment", "MVFAError": "errors", "DataError": "errors",
             "WeightsError": "errors", "CheckpointError": "errors", "MetricError": "errors"}
 __all__ = list(_EXPORTS)
 

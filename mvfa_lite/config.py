@@ -132,8 +132,8 @@ class MVFAConfig:
         _check("levels", self.levels, self.levels is None or (
             _is_sequence(self.levels) and len(self.levels) > 0
             and all(_is_whole(v, 1) for v in self.levels)), "block numbers >= 1")
-        _check("image_size", self.image_size, _is_whole(self.image_size, 1),
-               "a whole number of pixels (at least the backbone's patch size)")
+        _check("image_size", self.image_size, _is_whole(self.image_size, None),
+               "a whole number of pixels, at least the backbone's patch size")
         _check("device", self.device, isinstance(self.device, str)
                and re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device) is not None,
                DEVICE_NAMES)

@@ -70,10 +70,11 @@ def preflight(config: MVFAConfig) -> MVFAConfig:
     the prompt set exists. Raises ConfigError naming the setting and the fix."""
     config.validate()
     resolve_device(config.device)
-    patch = patch_size(config.model_name)
-    if patch and config.image_size < patch:
+    low = smallest_side(config)
+    if config.image_size < low:
         raise ConfigError(f"image_size = {config.image_size} (--image-size) is not possible: "
-                          f"it must be at least {patch}, the patch size of {config.model_name}.")
+                          f"it must be a whole number of pixels >= {low}"
+                          + (f", the patch size of {config.model_name}." if low > 1 else "."))
     if config.prompts not in PROMPT_SETS:
         raise ConfigError(f"prompts = {config.prompts!r} (--prompts) is not a prompt set: "
                           f"choose one of {', '.join(sorted(PROMPT_SETS))}.")

@@ -61,41 +61,62 @@ def selection_score(scores: Scores) -> float:
 SCHEDULES = ("epoch", "fifths")
 
 
+class Selection:
+    """The official model selection: when ``select`` runs (``schedule``, above) and which
+    adapters are kept. ``select`` returns ``(score, scores)``, higher is better."""
+
+    def __init__(self, select, schedule: str, n_batches: int, model: MVFA, result: TrainResult):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        self.select, self.schedule, self.model, self.result = select, schedule, model, result
+        self.before = {j for j in range(n_batches) if j % max(1, n_batches // 5) == 0} \
+            if schedule == "fifths" else set()
+        self.best_state = None
+
+    def before_batch(self, batch: int, epoch: int, steps: int) -> None:
+        if batch in self.before:
+            self._offer(epoch, steps)
+
+    def after_epoch(self, epoch: int, steps: int) -> None:
+        if self.schedule == "epoch":
+            self._offer(epoch, steps)
+
+    def _offer(self, epoch: int, steps: int) -> None:
+        score, scores = self.select()
+        self.model.banks.train()
+        best, result = self.result.best_score, self.result
+        if best is None or score > best or (self.schedule == "fifths" and score == best):
+            result.best_score, result.best_epoch, result.best_step = score, epoch + 1, steps
+            result.best_scores = scores
+            self.best_state = copy.deepcopy(self.model.banks.state_dict())
+
+    def keep_best(self) -> None:
+        """Load the kept adapters (the last ones stay when nothing was selected)."""
+        if self.best_state is not None:
+            self.model.banks.load_state_dict(self.best_state)
+
+
 def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_size: int,
         select=None, schedule: str = "epoch", progress: bool = True, num_workers: int = 0,
         cache_stems: bool = True, shuffle: bool = True, stems=None) -> TrainResult:
     """Train the adapter banks on ``sources``.
 
     ``select``: optional callable returning ``(score, scores)`` (higher score is better); it
-    runs on the official ``schedule`` (above) and the best adapters are kept at the end.
+    runs on the official ``schedule`` (:class:`Selection`) and the best adapters are kept.
     ``shuffle=False`` visits the images in their order (e.g. an order taken from elsewhere).
     ``stems``: the sources' stems when already computed (one entry per source, or None).
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
     config, device = model.config, model.device
+    result, steps = TrainResult(), 0
+    n_batches = sum(math.ceil(len(s.data) / batch_size) for s in sources)
+    selection = Selection(select, schedule, n_batches, model, result) if select else None
     generator = seed_everything(config.seed)
-    seg_optimizer = torch.optim.Adam(model.banks.seg.parameters(), lr=lr, betas=config.betas)
-    det_optimizer = torch.optim.Adam(model.banks.det.parameters(), lr=lr, betas=config.betas)
+    optimizers = {bank: torch.optim.Adam(getattr(model.banks, bank).parameters(), lr=lr,
+                                         betas=config.betas) for bank in ("seg", "det")}
     scaler = grad_scaler(device, config.precision)   # loss scaling for fp16, else a no-op
     stems = [given if given is not None else compute_stems(model, s.data)
              if cache_stems and isinstance(s.data, ShotSet) else None
              for s, given in zip(sources, stems or [None] * len(sources))]
-    result, best_state, steps = TrainResult(), None, 0
-    n_batches = sum(math.ceil(len(s.data) / batch_size) for s in sources)
-    select_before = {j for j in range(n_batches) if j % max(1, n_batches // 5) == 0} \
-        if schedule == "fifths" else set()
-
-    def run_selection(epoch: int) -> None:
-        nonlocal best_state
-        score, scores = select()
-        model.banks.train()
-        best = result.best_score
-        if best is None or score > best or (schedule == "fifths" and score == best):
-            result.best_score, result.best_epoch, result.best_step = score, epoch + 1, steps
-            result.best_scores = scores
-            best_state = copy.deepcopy(model.banks.state_dict())
-
     bar = tqdm(total=epochs * n_batches, desc="training", unit="batch",
                disable=not show_progress(progress))
     model.banks.train()
@@ -103,40 +124,47 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
         totals, seen, losses = {}, 0, []
         for step, (k, batch) in enumerate(_batches(sources, stems, batch_size, generator,
                                                    num_workers, shuffle)):
-            if select is not None and step in select_before:
-                run_selection(epoch)
-            source = sources[k]
-            masks = batch["mask"].to(device, non_blocking=True).float()
-            labels = batch["label"].to(device, non_blocking=True)
-            with autocast(device, config.precision):
-                features = model(stem=batch["stem"].to(device)) if "stem" in batch \
-                    else model(batch["image"].to(device, non_blocking=True))
-            loss, parts = mvfa_loss(features, source.text, masks, labels, source.has_masks,
-                                    config.temperature, config.bce_on)
-            seg_optimizer.zero_grad(set_to_none=True)
-            det_optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(det_optimizer)
-            if source.has_masks:
-                scaler.step(seg_optimizer)
-            scaler.update()
+            if selection:
+                selection.before_batch(step, epoch, steps)
+            loss, parts = _train_step(model, sources[k], batch, optimizers, scaler)
             steps += 1
-            losses.append(loss.detach())
-            for name, value in {"loss": loss.detach(), **parts}.items():
-                totals[name] = totals.get(name, 0) + value * len(labels)
-            seen += len(labels)
+            losses.append(loss)
+            for name, value in {"loss": loss, **parts}.items():
+                totals[name] = totals.get(name, 0) + value * len(batch["label"])
+            seen += len(batch["label"])
             bar.update()
-        if select is not None and schedule == "epoch":
-            run_selection(epoch)
+        if selection:
+            selection.after_epoch(epoch, steps)
         result.step_losses += torch.stack(losses).float().tolist()
         result.history.append({"epoch": epoch + 1,
                                **{name: float(total) / seen for name, total in totals.items()}})
         bar.set_postfix(loss=f"{result.history[-1]['loss']:.4f}")
     bar.close()
     model.banks.eval()
-    if best_state is not None:
-        model.banks.load_state_dict(best_state)
+    if selection:
+        selection.keep_best()
     return result
+
+
+def _train_step(model: MVFA, source: Source, batch: dict, optimizers: dict, scaler):
+    """One optimiser step on one batch -> (loss, its parts), detached. Sources without masks
+    train the classification bank only (the seg optimiser does not step)."""
+    config, device = model.config, model.device
+    masks = batch["mask"].to(device, non_blocking=True).float()
+    labels = batch["label"].to(device, non_blocking=True)
+    with autocast(device, config.precision):
+        features = model(stem=batch["stem"].to(device)) if "stem" in batch \
+            else model(batch["image"].to(device, non_blocking=True))
+    loss, parts = mvfa_loss(features, source.text, masks, labels, source.has_masks,
+                            config.temperature, config.bce_on)
+    for optimizer in optimizers.values():
+        optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizers["det"])
+    if source.has_masks:
+        scaler.step(optimizers["seg"])
+    scaler.update()
+    return loss.detach(), parts
 
 
 def compute_stems(model: MVFA, data: ShotSet, chunk: int = 32) -> torch.Tensor:

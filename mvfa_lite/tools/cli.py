@@ -142,8 +142,8 @@ def _add_train(commands) -> None:
 
 
 def _train(args) -> int:
-    from ..protocols.experiment import run_few_shot, run_zero_shot
-    config = _config(args)
+    from ..protocols.experiment import preflight, run_few_shot, run_zero_shot
+    config = preflight(_config(args))                  # the settings first, then the data
     root = catalogue.path(args.root)
     support_split, test_split = catalogue.splits(args.root)
     support_split, test_split = args.support_split or support_split, args.test_split or test_split
