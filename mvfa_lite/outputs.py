@@ -56,17 +56,13 @@ PREDICT_FILES = ("scores.csv", "[0-9][0-9][0-9][0-9][0-9]_*.png")
 class OutputFolder:
     """The output folder of one command.
 
-    Args:
-        path: the folder (``--out``); created, with its parents, if missing.
-        command: the command's name, recorded in the marker file.
-        owns: names (or ``fnmatch`` patterns) of the files this command writes; those of an
-            earlier run that it does not write again are removed, every other file is kept.
-        inputs: folders the command reads; the output folder may lie inside them but must
-            neither be one of them nor contain one.
-
-    Raises:
-        OutputError: ``path`` is a file, cannot be created or written, is a mount point,
-            is or contains an input folder, the current folder or the home folder.
+    ``path`` is the folder (``--out``), created with its parents if missing; ``command`` the
+    command's name, recorded in the marker file; ``owns`` the names (or ``fnmatch`` patterns)
+    of the files this command writes: those of an earlier run that it does not write again
+    are removed, every other file is kept. ``inputs`` are the folders the command reads; the
+    output folder may lie inside them but must neither be one of them nor contain one.
+    Raises OutputError when ``path`` is a file, cannot be created or written, is a mount
+    point, or is or contains an input folder, the current folder or the home folder.
     """
 
     def __init__(self, path: str | os.PathLike, command: str, owns: Iterable[str],

@@ -16,8 +16,9 @@ from PIL import Image
 from test_data import make_dataset, write_png
 
 from mvfa_lite.config import MVFAConfig, preset
+from mvfa_lite.data.folder import ImageFolder
 from mvfa_lite.data.images import load_image
-from mvfa_lite.data.layout import ADDataset, ImageFolder
+from mvfa_lite.data.layout import ADDataset
 from mvfa_lite.errors import ConfigError, DataError, DataWarning
 from mvfa_lite.protocols import experiment
 from mvfa_lite.tools.cli import main

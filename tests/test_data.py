@@ -12,14 +12,10 @@ import torch
 from PIL import Image
 
 from mvfa_lite.data import catalogue
+from mvfa_lite.data.catalogue import BMAD_KEYS, bmad_path
+from mvfa_lite.data.folder import ImageFolder
 from mvfa_lite.data.images import image_to_tensor, load_image, load_mask, mask_to_tensor
-from mvfa_lite.data.layout import (
-    BMAD_KEYS,
-    ADDataset,
-    ImageFolder,
-    Item,
-    bmad_root,
-)
+from mvfa_lite.data.layout import ADDataset, Item
 from mvfa_lite.data.shots import (
     AUGMENTATIONS_PER_SHOT,
     augment_shots,
@@ -335,16 +331,16 @@ def test_mask_without_image(tmp_path):
 
 def test_unknown_bmad_key(tmp_path):
     with raises_data_error("Lung", ", ".join(BMAD_KEYS)):
-        bmad_root(tmp_path, "Lung")
+        bmad_path(tmp_path, "Lung")
 
 
-def test_bmad_root(tmp_path):
+def test_bmad_path(tmp_path):
     with raises_data_error(tmp_path / "Brain_AD", "Google Drive"):
-        bmad_root(tmp_path, "Brain")
+        bmad_path(tmp_path, "Brain")
     (tmp_path / "Liver").mkdir()
-    assert bmad_root(tmp_path, "Liver") == tmp_path / "Liver"
+    assert bmad_path(tmp_path, "Liver") == tmp_path / "Liver"
     (tmp_path / "Brain_AD").mkdir()
-    assert bmad_root(tmp_path, "Brain") == tmp_path / "Brain_AD"
+    assert bmad_path(tmp_path, "Brain") == tmp_path / "Brain_AD"
 
 
 # -- few-shot selection ----------------------------------------------------------------------

@@ -13,10 +13,12 @@ test runs on a fresh clone, on Colab and after ``pip install``:
 
 Two more real sets (breast ultrasound with masks, brain MRI) are used as extra test cases
 where they exist, in ``$MVFA_SHARED_DATA`` (default ``../shared/data`` beside the clone);
-their licences do not allow redistribution. The six BMAD sets are downloaded by the user.
+their licences do not allow redistribution. The six BMAD sets (:data:`BMAD_KEYS`) are
+downloaded by the user.
 
-:func:`path` turns a set's name or a folder into a folder, and never falls back to another
-set: a name that is not here stops with one line saying how to get it.
+:func:`path` turns a set's name or a folder into a folder, and :func:`bmad_path` a BMAD key
+and the folder the user extracted BMAD into; neither falls back to another set: a set that
+is not here stops with a message saying how to get it.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ from ..errors import DataError
 
 SHIPPED = ("chestxray_kermany224", "chestxray_synthlesion")
 EXTRA = ("busi", "brainmri_navoneel")
+#: The six BMAD datasets, stored as ``<data_root>/<Key>_AD``.
+BMAD_KEYS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
 #: (support split, test split) of each named set
 SPLITS = {"chestxray_kermany224": ("embedded", "embedded"),
           "chestxray_synthlesion": ("valid", "test"),
@@ -56,11 +60,8 @@ def available() -> dict[str, Path]:
 
 
 def path(spec: str | os.PathLike) -> Path:
-    """The folder of a named set (:data:`SHIPPED`, :data:`EXTRA`) or of a dataset path.
-
-    Raises:
-        DataError: one line naming the set or folder and how to get it.
-    """
+    """The folder of a named set (:data:`SHIPPED`, :data:`EXTRA`) or of a dataset path; else
+    a DataError, one line naming the set or folder and how to get it."""
     name = str(spec)
     if name in SHIPPED or name in EXTRA:
         folder = available().get(name)
@@ -78,6 +79,25 @@ def path(spec: str | os.PathLike) -> Path:
                         f"layout, a shipped set ({', '.join(SHIPPED)}), or download BMAD: "
                         f"{BMAD_HINT}.")
     return folder
+
+
+def bmad_path(data_root: str | os.PathLike, key: str) -> Path:
+    """Folder of a BMAD dataset: ``<data_root>/<Key>_AD`` (or ``<data_root>/<Key>``).
+
+    DataError when ``key`` is not one of :data:`BMAD_KEYS` (naming them), or when the folder
+    does not exist (saying where to download BMAD and where to extract it).
+    """
+    if key not in BMAD_KEYS:
+        raise DataError(f"unknown BMAD dataset {key!r}. Use one of: {', '.join(BMAD_KEYS)}.")
+    data_root = Path(data_root)
+    for candidate in (data_root / f"{key}_AD", data_root / key):
+        if candidate.is_dir():
+            return candidate
+    raise DataError(
+        f"BMAD dataset {key!r} not found: expected the folder {data_root / f'{key}_AD'}. "
+        "Download the BMAD archives linked from the MVFA README (Google Drive) and extract "
+        f"them into {data_root}, so that it contains {key}_AD/."
+    )
 
 
 def splits(spec: str | os.PathLike) -> tuple[str, str]:

@@ -1,5 +1,7 @@
-"""Reading image and mask files, and turning them into tensors.
+"""Recognising, reading image and mask files, and turning them into tensors.
 
+* :func:`is_image_file` tells which files are images; :func:`refuse_broken_links` stops on
+  symbolic links named like images that lead nowhere (mvfa-lite never skips images silently);
 * :func:`load_image` reads any PIL mode, including 16-bit and float images, as 8-bit RGB;
 * :func:`load_mask` reads a ground-truth mask as a binary {0, 255} image, foreground where
   the value is above half the range of the file's pixel type (as the official code does);
@@ -15,7 +17,9 @@ names the file and says how to fix it.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +29,7 @@ from PIL import Image
 
 from ..errors import DataError
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "image_to_tensor",
-    "inspect_image",
-    "is_image_file",
-    "load_image",
-    "load_mask",
-    "mask_to_tensor",
-    "overlay",
-]
-
+#: a path argument: a string or any os.PathLike (pathlib.Path, ...)
 PathLike = str | os.PathLike
 
 #: File name endings (lower case) that are read as images; everything else is ignored.
@@ -61,6 +55,31 @@ def is_image_file(path: Path) -> bool:
 def is_broken_link(path: Path) -> bool:
     """True for a symbolic link whose target is missing (or a loop of links)."""
     return path.is_symlink() and not path.exists()
+
+
+def refuse_broken_links(paths: Sequence[Path]) -> None:
+    """Raise DataError naming the symbolic links among ``paths`` that lead nowhere."""
+    broken = sorted(p for p in paths if is_broken_link(p))
+    if broken:
+        raise DataError(
+            f"symbolic link(s) named like images that do not resolve: "
+            f"{list_names([_describe_link(p) for p in broken])}. Repair the links or delete "
+            "them (mvfa-lite does not skip images silently).")
+
+
+def _describe_link(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return f"{path} (a loop of links)"
+    return f"{path} -> {os.readlink(path)} (missing)"
+
+
+def list_names(paths: Sequence[Path | str], limit: int = 5) -> str:
+    """``'a.png, b.png'`` for the first ``limit`` paths, with a count of the rest."""
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
 
 
 def _open_fully(path: PathLike) -> Image.Image:
@@ -119,11 +138,8 @@ def load_image(path: PathLike) -> Image.Image:
     Every PIL mode is accepted: grey (``L``, ``1``), colour (``RGB``, ``CMYK``, palette ``P``),
     images with alpha (``LA``, ``RGBA``; composited onto black) and 16/32-bit integer or float
     images (``I;16``, ``I;16B``, ``I``, ``F``; rescaled to 0..255 with the image's own min-max
-    range instead of being clipped).
-
-    Raises:
-        DataError: the file is missing, corrupt, truncated, not an image, or holds no finite
-        pixel value.
+    range instead of being clipped). Raises DataError when the file is missing, corrupt,
+    truncated or not an image, or holds no finite pixel value.
     """
     return _convert(_open_fully(path), path)
 
@@ -140,14 +156,10 @@ def _convert(img: Image.Image, path: PathLike) -> Image.Image:
 
 
 def inspect_image(path: PathLike) -> tuple[tuple[int, int], bool]:
-    """Decode an image file completely, as :func:`load_image` would.
-
-    Returns:
-        ``((width, height), has_non_finite)``: the stored size, and whether some (not all)
-        pixels are NaN or inf (float images; they are drawn as the darkest value).
-
-    Raises:
-        DataError: as :func:`load_image`.
+    """Decode an image file completely, as :func:`load_image` would -> ``((width, height),
+    has_non_finite)``: the stored size, and whether some (not all) pixels are NaN or inf
+    (float images; they are drawn as the darkest value). Raises DataError as
+    :func:`load_image` does.
     """
     img = _open_fully(path)
     _convert(img, path)  # raises what load_image raises (unsupported mode, no finite pixel)
@@ -183,18 +195,13 @@ def load_mask(
     size_of_image: tuple[int, int],
     image_path: PathLike | None = None,
 ) -> Image.Image:
-    """Read a ground-truth mask as a binary ``L`` image with values {0, 255}.
+    """Read the mask file ``path`` as a binary ``L`` image with values {0, 255}.
 
     Values above half the range of the file's pixel type (above 127 for 8-bit masks) are
-    anomalous foreground, as in the official code.
-
-    Args:
-        path: the mask file.
-        size_of_image: ``(width, height)`` of the image the mask belongs to (``PIL`` order).
-        image_path: that image's file, only used to name it in error messages.
-
-    Raises:
-        DataError: the mask cannot be read or its size differs from its image.
+    anomalous foreground, as in the official code. ``size_of_image`` is ``(width, height)``
+    of the image the mask belongs to (``PIL`` order), ``image_path`` that image's file (only
+    used to name it in error messages). Raises DataError when the mask cannot be read or its
+    size differs from its image.
     """
     mask = _open_fully(path)
     if mask.size != tuple(size_of_image):
@@ -210,13 +217,10 @@ def load_mask(
 
 
 def image_to_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
-    """Resize an image to ``image_size`` x ``image_size`` (bicubic) and make a tensor.
+    """PIL image -> float tensor (3, S, S) in [0, 1], resized to S = ``image_size`` (bicubic).
 
     Equivalent to torchvision's ``Resize((S, S), BICUBIC)`` followed by ``ToTensor()``; no
     normalisation is applied here (the backbone does that).
-
-    Returns:
-        float tensor of shape (3, S, S) with values in [0, 1].
     """
     if img.mode != "RGB":
         img = _to_rgb(img)
@@ -226,13 +230,10 @@ def image_to_tensor(img: Image.Image, image_size: int) -> torch.Tensor:
 
 
 def mask_to_tensor(mask: Image.Image, image_size: int) -> torch.Tensor:
-    """Resize a mask to ``image_size`` x ``image_size`` (nearest) and make a {0, 1} tensor.
+    """PIL mask -> float tensor (S, S) in {0, 1}, resized to S = ``image_size`` (nearest).
 
     Values above half the mask's value range are foreground (it is binarised to {0, 255}
     first, as :func:`load_mask` does).
-
-    Returns:
-        float tensor of shape (S, S) with values in {0, 1}.
     """
     mask = _binarise_mask(mask).resize((image_size, image_size), Image.Resampling.NEAREST)
     pixels = torch.from_numpy(np.array(mask, dtype=np.uint8))  # (S, S) uint8 in {0, 255}

@@ -10,12 +10,13 @@ Every dataset split is a folder of this shape::
 BMAD ships the splits ``valid`` and ``test``; the small embedded sets of this project have a
 single split called ``embedded``.
 
-This module provides :class:`ADDataset`, one split of one dataset, :class:`ImageFolder` for
-unlabelled images, and :func:`bmad_root`. Listing a folder reports broken symbolic links
-named like images; :meth:`ADDataset.check` and :meth:`ImageFolder.check` open every file
-once before any training, so that a bad file stops a run at its start, not after hours.
-Reading the files is :mod:`mvfa_lite.data.images`; the few-shot selection and augmentation is
-:mod:`mvfa_lite.data.shots`.
+This module provides :class:`ADDataset`, one split of one dataset, and the checks of its
+files. Listing a folder reports broken symbolic links named like images; :meth:`ADDataset.check`
+opens every file once before any training, so that a bad file stops a run at its start, not
+after hours. The user's own unlabelled images (for predict) are
+:class:`~mvfa_lite.data.folder.ImageFolder`; reading the files is :mod:`mvfa_lite.data.images`;
+the few-shot selection and augmentation is :mod:`mvfa_lite.data.shots`; where the datasets
+are is :mod:`mvfa_lite.data.catalogue`.
 
 Labels are ``0`` for normal and ``1`` for abnormal images. Every problem with the input data
 raises :class:`~mvfa_lite.errors.DataError` with a message that names the file or folder at
@@ -26,7 +27,6 @@ images) is reported by a :class:`~mvfa_lite.errors.DataWarning` naming the files
 from __future__ import annotations
 
 import copy
-import errno
 import os
 import warnings
 from collections.abc import Sequence
@@ -40,37 +40,23 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from ..errors import DataError, DataWarning
-from ..outputs import OUTPUT_MARKER
 from ..runtime import show_progress
 from .images import (
     IMAGE_EXTENSIONS,
+    PathLike,
     image_to_tensor,
     inspect_image,
-    is_broken_link,
     is_image_file,
     is_image_name,
+    list_names,
     load_image,
     load_mask,
     mask_to_tensor,
+    refuse_broken_links,
 )
-
-__all__ = [
-    "ABNORMAL",
-    "ADDataset",
-    "BMAD_KEYS",
-    "ImageFolder",
-    "Item",
-    "NORMAL",
-    "bmad_root",
-]
-
-PathLike = str | os.PathLike
 
 NORMAL = 0
 ABNORMAL = 1
-
-#: The six BMAD datasets, stored as ``<data_root>/<Key>_AD``.
-BMAD_KEYS = ("Brain", "Liver", "Retina_RESC", "Retina_OCT2017", "Chest", "Histopathology")
 
 LAYOUT = (
     "<root>/<split>/good/img/*              normal images\n"
@@ -89,42 +75,15 @@ class Item:
 
 
 def _list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by file name.
-
-    Raises:
-        DataError: some entries named like images are symbolic links that do not resolve.
-    """
+    """Image files directly inside ``folder``, sorted by file name; DataError when some
+    entries named like images are symbolic links that do not resolve."""
     entries = [p for p in folder.iterdir() if is_image_name(p)]
-    _refuse_broken_links(entries)
+    refuse_broken_links(entries)
     return sorted((p for p in entries if is_image_file(p)), key=lambda p: p.name)
 
 
-def _refuse_broken_links(paths: Sequence[Path]) -> None:
-    """Raise DataError naming the symbolic links among ``paths`` that lead nowhere."""
-    broken = sorted(p for p in paths if is_broken_link(p))
-    if broken:
-        raise DataError(
-            f"symbolic link(s) named like images that do not resolve: "
-            f"{_list_names([_describe_link(p) for p in broken])}. Repair the links or delete "
-            "them (mvfa-lite does not skip images silently).")
-
-
-def _describe_link(path: Path) -> str:
-    try:
-        os.stat(path)
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return f"{path} (a loop of links)"
-    return f"{path} -> {os.readlink(path)} (missing)"
-
-
-def _list_names(paths: Sequence[Path | str], limit: int = 5) -> str:
-    """``'a.png, b.png'`` for the first ``limit`` paths, with a count of the rest."""
-    shown = ", ".join(str(p) for p in paths[:limit])
-    return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
-
-
-def _check_image_size(image_size: int) -> None:
+def require_positive_int_size(image_size: int) -> None:
+    """Raise DataError unless ``image_size`` is a whole number >= 1 (not a bool)."""
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"image_size must be a positive integer, got {image_size!r}.")
 
@@ -150,7 +109,7 @@ def _pair_masks(images: list[Path], image_dir: Path, mask_dir: Path) -> list[Pat
             if len(candidates) > 1:
                 raise DataError(
                     f"abnormal image {image} matches several masks "
-                    f"({_list_names(candidates)}). Keep one mask per image in {mask_dir}."
+                    f"({list_names(candidates)}). Keep one mask per image in {mask_dir}."
                 )
             mask = candidates[0] if candidates else None
         if mask is None:
@@ -159,7 +118,7 @@ def _pair_masks(images: list[Path], image_dir: Path, mask_dir: Path) -> list[Pat
             paired.append(mask)
     if unmatched:
         raise DataError(
-            f"abnormal image(s) without a mask: {_list_names(unmatched)}. This dataset has a "
+            f"abnormal image(s) without a mask: {list_names(unmatched)}. This dataset has a "
             f"mask folder {mask_dir}, so every abnormal image needs a mask with the same file "
             "name there. Add the missing masks or remove those images (or delete the "
             "anomaly_mask folder if the dataset has no pixel labels)."
@@ -168,7 +127,7 @@ def _pair_masks(images: list[Path], image_dir: Path, mask_dir: Path) -> list[Pat
     orphans = [m for m in masks if m not in used]
     if orphans:
         raise DataError(
-            f"mask(s) without an abnormal image: {_list_names(orphans)}. Every mask needs an "
+            f"mask(s) without an abnormal image: {list_names(orphans)}. Every mask needs an "
             f"image with the same file name in {image_dir}. Add the image or delete the mask."
         )
     return paired
@@ -195,8 +154,8 @@ def _inspect(item: Item, min_side: int) -> tuple[str | None, set[str]]:
         return str(error), set()
 
 
-def _check_items(items: list[Item], min_side: int, description: str,
-                 progress: bool) -> dict[str, list[Path]]:
+def check_items(items: list[Item], min_side: int, description: str,
+                progress: bool) -> dict[str, list[Path]]:
     """Decode every item in parallel; raise one DataError for every unusable file, return
     the image paths of each finding (see :func:`_inspect`)."""
     workers = min(8, os.cpu_count() or 1)
@@ -210,14 +169,14 @@ def _check_items(items: list[Item], min_side: int, description: str,
         raise DataError(problems[0][1])
     if problems:
         raise DataError(f"{len(problems)} images cannot be used; fix or remove them. First: "
-                        f"{problems[0][1]} Also: {_list_names([p for p, _ in problems[1:]])}.")
+                        f"{problems[0][1]} Also: {list_names([p for p, _ in problems[1:]])}.")
     found: dict[str, list[Path]] = {"non_finite": [], "empty_mask": [], "full_mask": []}
     for item, (_, findings) in zip(items, results):
         for finding in findings:
             found[finding].append(item.image_path)
     if found["non_finite"]:
         warnings.warn(f"{len(found['non_finite'])} image(s) hold NaN or inf pixels, drawn as "
-                      f"the darkest value: {_list_names(found['non_finite'])}.", DataWarning,
+                      f"the darkest value: {list_names(found['non_finite'])}.", DataWarning,
                       stacklevel=3)
     return found
 
@@ -236,11 +195,10 @@ class ADDataset(Dataset):
     A split that holds only one class is accepted (few-shot training needs that); metrics that
     need both classes will complain later.
 
-    Args:
-        root: the dataset folder, e.g. ``data/Brain_AD`` or ``shared/data/busi``.
-        split: the split folder inside ``root``, e.g. ``"test"``, ``"valid"`` or ``"embedded"``.
-        image_size: side length ``S`` of the square tensors.
-        name: display name; defaults to the folder name of ``root`` without a trailing ``_AD``.
+    ``root`` is the dataset folder (e.g. ``data/Brain_AD`` or ``shared/data/busi``), ``split``
+    the split folder inside it (e.g. ``"test"``, ``"valid"`` or ``"embedded"``), ``image_size``
+    the side ``S`` of the square tensors, ``name`` the display name (default: the folder name
+    of ``root`` without a trailing ``_AD``).
     """
 
     def __init__(
@@ -250,7 +208,7 @@ class ADDataset(Dataset):
         image_size: int = 240,
         name: str | None = None,
     ) -> None:
-        _check_image_size(image_size)
+        require_positive_int_size(image_size)
         self.root = Path(root)
         self.split = split
         self.image_size = image_size
@@ -355,18 +313,15 @@ class ADDataset(Dataset):
     def check(self, min_side: int = 1, progress: bool = True) -> ADDataset:
         """Open every image and mask once, before any training; returns ``self``.
 
-        Raises:
-            DataError: naming every image that cannot be decoded, holds no finite pixel or
-                is smaller than ``min_side`` (the backbone's patch), and every mask that
-                cannot be read or differs in size from its image.
-
-        Warns (:class:`~mvfa_lite.errors.DataWarning`), naming the files: images with some
-        NaN / inf pixels; masks that mark no pixel (the pixel metrics count those images'
-        pixels as normal, and are left out when no mask marks any pixel); masks that cover
-        the whole image.
+        One DataError names every image that cannot be decoded, holds no finite pixel or is
+        smaller than ``min_side`` (the backbone's patch), and every mask that cannot be read
+        or differs in size from its image. A :class:`~mvfa_lite.errors.DataWarning` names the
+        images with some NaN / inf pixels, the masks that mark no pixel (the pixel metrics
+        count those images' pixels as normal, and are left out when no mask marks any pixel)
+        and the masks that cover the whole image.
         """
         where = self.root / self.split
-        found = _check_items(self.items, min_side, f"checking {self.name}/{self.split}",
+        found = check_items(self.items, min_side, f"checking {self.name}/{self.split}",
                              progress)
         empty, full = found["empty_mask"], found["full_mask"]
         if empty:
@@ -375,13 +330,13 @@ class ADDataset(Dataset):
                        if len(empty) == self.num_abnormal else "")
             warnings.warn(
                 f"{len(empty)} abnormal image(s) of {where} have an empty mask: "
-                f"{_list_names(empty)}. Masks are foreground above half their value range "
+                f"{list_names(empty)}. Masks are foreground above half their value range "
                 "(above 127 in 8-bit files), as in the official code, so a mask saved as 0/1 "
                 f"reads as empty: save lesions as 255.{dropped}", DataWarning, stacklevel=2)
         if full:
             warnings.warn(
                 f"{len(full)} mask(s) of {where} mark the whole image as lesion: "
-                f"{_list_names(full)}. Check that they are not inverted (lesion white, "
+                f"{list_names(full)}. Check that they are not inverted (lesion white, "
                 "background black).", DataWarning, stacklevel=2)
         return self
 
@@ -396,12 +351,8 @@ class ADDataset(Dataset):
         return self
 
     def load_all(self, progress: bool = True) -> dict:
-        """Load every item into memory and stack them.
-
-        Returns:
-            dict with ``image`` (N, 3, S, S), ``mask`` (N, S, S), ``label`` (N,) long and
-            ``path`` (list of N str).
-        """
+        """Load every item into memory and stack them -> dict with ``image`` (N, 3, S, S),
+        ``mask`` (N, S, S), ``label`` (N,) long and ``path`` (list of N str)."""
         s = self.image_size
         images, masks, paths = [], [], []
         for i in tqdm(
@@ -420,90 +371,3 @@ class ADDataset(Dataset):
             "label": self.labels,  # (N,)
             "path": paths,
         }
-
-
-class ImageFolder(Dataset):
-    """Unlabelled images for prediction: every image file below ``root``, sorted by path.
-
-    The folder is scanned recursively; hidden files and folders and files with other
-    extensions are skipped, and so are the folders in ``exclude`` (the command's own output
-    folder) and every folder written by mvfa-lite (it holds :data:`OUTPUT_MARKER`), so that
-    earlier overlays are never scored as images. ``root`` may also be a single image file.
-    Items are dicts with ``image`` (3, S, S) in [0, 1] and ``path`` (str).
-    """
-
-    def __init__(self, root: PathLike, image_size: int = 240,
-                 exclude: Sequence[PathLike] = ()) -> None:
-        _check_image_size(image_size)
-        self.root = Path(root)
-        self.image_size = image_size
-        _refuse_broken_links([self.root] if is_image_name(self.root) else [])
-        if self.root.is_file() and is_image_file(self.root):
-            self.paths = [self.root]
-            return
-        if not self.root.is_dir():
-            raise DataError(
-                f"image folder {self.root} does not exist. Give a folder of images (or one "
-                "image file)."
-            )
-        self.paths, skipped = self._scan({Path(os.path.realpath(p)) for p in exclude})
-        if skipped:
-            warnings.warn(f"not reading {_list_names(skipped)}: folder(s) written by mvfa-lite, "
-                          "whose overlays are outputs, not images to score.", DataWarning,
-                          stacklevel=2)
-        if not self.paths:
-            raise DataError(
-                f"image folder {self.root} contains no images (accepted extensions: "
-                f"{' '.join(IMAGE_EXTENSIONS)}). Add images or choose another folder."
-            )
-
-    def _scan(self, exclude: set[Path]) -> tuple[list[Path], list[Path]]:
-        """-> (image files, skipped output folders), walking ``root`` without following links
-        to folders."""
-        paths, skipped = [], []
-        for folder, subfolders, files in os.walk(self.root):
-            folder = Path(folder)
-            if Path(os.path.realpath(folder)) in exclude:
-                subfolders.clear()
-                continue
-            if OUTPUT_MARKER in files:
-                skipped.append(folder)
-                subfolders.clear()
-                continue
-            subfolders[:] = [s for s in subfolders if not s.startswith(".")]
-            named = [folder / name for name in files if is_image_name(Path(name))]
-            _refuse_broken_links(named)
-            paths += [p for p in named if is_image_file(p)]
-        return sorted(paths), sorted(skipped)
-
-    def check(self, min_side: int = 1, progress: bool = True) -> ImageFolder:
-        """Open every image once before scoring (see :meth:`ADDataset.check`); returns ``self``."""
-        items = [Item(path, None, -1) for path in self.paths]
-        _check_items(items, min_side, f"checking {self.root}", progress)
-        return self
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
-        return {"image": image_to_tensor(load_image(path), self.image_size), "path": str(path)}
-
-
-def bmad_root(data_root: PathLike, key: str) -> Path:
-    """Folder of a BMAD dataset: ``<data_root>/<Key>_AD`` (or ``<data_root>/<Key>``).
-
-    Raises:
-        DataError: ``key`` is not one of :data:`BMAD_KEYS`, or the folder does not exist.
-    """
-    if key not in BMAD_KEYS:
-        raise DataError(f"unknown BMAD dataset {key!r}. Use one of: {', '.join(BMAD_KEYS)}.")
-    data_root = Path(data_root)
-    for candidate in (data_root / f"{key}_AD", data_root / key):
-        if candidate.is_dir():
-            return candidate
-    raise DataError(
-        f"BMAD dataset {key!r} not found: expected the folder {data_root / f'{key}_AD'}. "
-        "Download the BMAD archives linked from the MVFA README (Google Drive) and extract "
-        f"them into {data_root}, so that it contains {key}_AD/."
-    )

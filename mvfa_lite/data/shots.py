@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 from pathlib import Path
@@ -19,46 +18,29 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from .images import PathLike
 from .layout import ABNORMAL, NORMAL, ADDataset
-
-__all__ = [
-    "AUGMENTATIONS_PER_SHOT",
-    "augment_shots",
-    "read_seed_file",
-    "select_shots",
-    "split_off_shots",
-]
-
-PathLike = str | os.PathLike
 
 #: Each few-shot image becomes this many training images after :func:`augment_shots`.
 AUGMENTATIONS_PER_SHOT = 11
 
-# --------------------------------------------------------------------------------------------
-# Few-shot selection
-# --------------------------------------------------------------------------------------------
 
+# --- few-shot selection ---
 _SEED_LINE = re.compile(r"^(?P<kind>[an])-(?P<iterate>\d+)\s*:(?P<names>.*)$")
 
 
 def read_seed_file(path: PathLike, iterate: int = 0) -> tuple[list[str], list[str]]:
-    """Read the image names of one few-shot draw from an official MVFA seed file.
+    """Seed file ``path``, draw ``iterate`` -> ``(normal_names, abnormal_names)``: the image
+    names of one few-shot draw of an official MVFA seed file.
 
     The file has lines such as::
 
         a-0: 01471_60.png 00124_80.png     abnormal shots of draw 0
         n-0: 01368_60.png 00303_99.png     normal shots of draw 0
 
-    Args:
-        path: the seed file.
-        iterate: which draw to read (the number after ``a-`` / ``n-``).
-
-    Returns:
-        ``(normal_names, abnormal_names)``; a list is empty if the file has no line of that
-        kind for ``iterate`` (e.g. normal-only seed files).
-
-    Raises:
-        DataError: unreadable file, malformed line, or no line for ``iterate``.
+    ``iterate`` is the number after ``a-`` / ``n-``. A list is empty if the file has no line
+    of that kind for ``iterate`` (e.g. normal-only seed files). Raises DataError for an
+    unreadable file, a malformed line, or no line at all for ``iterate``.
     """
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -139,12 +121,10 @@ def select_shots(
     otherwise it is a random draw with ``random.Random(seed)`` per class, deterministic for a
     given ``seed`` (``seed=None`` draws non-reproducibly).
 
-    Returns:
-        indices into ``dataset.items``: the normal shots first, then the abnormal ones (only
-        the ``k`` normal ones if ``normal_only``); each class in ascending index order.
-
-    Raises:
-        DataError: ``k < 1``, too few images of a class, or seed-file names not in the dataset.
+    Returns indices into ``dataset.items``: the normal shots first, then the abnormal ones
+    (only the ``k`` normal ones if ``normal_only``); each class in ascending index order.
+    Raises DataError when ``k < 1``, a class has too few images, or the seed file names
+    images that are not in the dataset.
     """
     normal = [i for i, item in enumerate(dataset.items) if item.label == NORMAL]
     abnormal = [i for i, item in enumerate(dataset.items) if item.label == ABNORMAL]
@@ -174,15 +154,10 @@ def select_shots(
 def split_off_shots(
     dataset: ADDataset, k: int, seed: int, normal_only: bool = False
 ) -> tuple[ADDataset, ADDataset]:
-    """Split a single-split dataset into few-shot support images and the rest for testing.
-
-    Returns:
-        ``(support, rest)``, disjoint subsets of ``dataset``; ``support`` holds the shots of
-        :func:`select_shots` (seeded draw).
-
-    Raises:
-        DataError: as :func:`select_shots`, or the rest would lack a class for evaluation.
-    """
+    """Split a single-split dataset into few-shot support images and the rest for testing
+    -> ``(support, rest)``, disjoint subsets of ``dataset``; ``support`` holds the shots of
+    :func:`select_shots` (seeded draw). Raises DataError as :func:`select_shots` does, or
+    when the rest would lack a class for evaluation."""
     shots = select_shots(dataset, k, seed=seed, normal_only=normal_only)
     taken = set(shots)
     rest = dataset.subset([i for i in range(len(dataset)) if i not in taken])
@@ -195,11 +170,7 @@ def split_off_shots(
     return dataset.subset(shots), rest
 
 
-# --------------------------------------------------------------------------------------------
-# Offline augmentation of the few-shot images
-# --------------------------------------------------------------------------------------------
-
-
+# --- offline augmentation of the few-shot images ---
 def _affine_matrices() -> list[torch.Tensor | None]:
     """The 11 affine maps of :func:`augment_shots` as (2, 3) matrices (``None`` = identity).
 
@@ -238,14 +209,10 @@ def augment_shots(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tens
     reflection padding so no black borders appear). Masks get the same warp and are
     re-binarised at 0.5.
 
-    Args:
-        images: (N, 3, S, S) float.
-        masks: (N, S, S) float in {0, 1}.
-
-    Returns:
-        ``(images, masks)`` of shapes (11N, 3, S, S) and (11N, S, S), transform-major: rows
-        ``t*N .. t*N+N-1`` hold all N inputs under transform ``t``, so the first N rows are the
-        originals. Labels therefore repeat as ``labels.repeat(11)``.
+    Images (N, 3, S, S) float, masks (N, S, S) in {0, 1} -> images (11N, 3, S, S) and masks
+    (11N, S, S), transform-major: rows ``t*N .. t*N+N-1`` hold all N inputs under transform
+    ``t``, so the first N rows are the originals. Labels therefore repeat as
+    ``labels.repeat(11)``.
     """
     if images.dim() != 4 or masks.dim() != 3 or images.shape[0] != masks.shape[0]:
         raise ValueError(

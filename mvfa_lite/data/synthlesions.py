@@ -29,13 +29,10 @@ SPLITS = {("valid", "good"): 8, ("valid", "Ungood"): 8,
 
 
 def lesion_mask_and_profile(shape, rng: np.random.Generator):
-    """One star-shaped blob inside a lung field.
-
-    Returns:
-        mask (H, W) bool, the planted region, and profile (H, W) float in [0, 1]: how
-        strongly each pixel is changed (0 outside the mask, so nothing outside it changes;
-        at least 0.4 inside it, so the edge of the lesion is visible).
-    """
+    """One star-shaped blob inside a lung field -> (mask, profile): mask (H, W) bool, the
+    planted region, and profile (H, W) float in [0, 1], how strongly each pixel is changed
+    (0 outside the mask, so nothing outside it changes; at least 0.4 inside it, so the edge
+    of the lesion is visible)."""
     h, w = shape
     side = rng.choice([0.30, 0.70])                    # left or right lung, as x / width
     cx = w * (side + rng.uniform(-0.10, 0.10))
@@ -53,11 +50,8 @@ def lesion_mask_and_profile(shape, rng: np.random.Generator):
 
 
 def plant_lesions(image: np.ndarray, rng: np.random.Generator):
-    """Plant one lesion (two, one time in four) on a grey image (H, W) uint8.
-
-    Returns:
-        (image, mask): the changed image (H, W) uint8 and the mask (H, W) uint8 in {0, 255}.
-    """
+    """Plant one lesion (two, one time in four) on a grey image (H, W) uint8 -> (image, mask):
+    the changed image (H, W) uint8 and the mask (H, W) uint8 in {0, 255}."""
     grey = image.astype(np.float64)
     mask = np.zeros(image.shape, dtype=bool)
     for _ in range(2 if rng.uniform() < 0.25 else 1):

@@ -27,8 +27,9 @@ import torch
 
 from ..config import MVFAConfig
 from ..data import catalogue
+from ..data.folder import ImageFolder
 from ..data.images import image_to_tensor, load_image, overlay
-from ..data.layout import ADDataset, ImageFolder
+from ..data.layout import ADDataset
 from ..data.shots import normal_bank_images, select_shots, shot_set, split_off_shots
 from ..errors import CheckpointError, ConfigError, DataError
 from ..method.backbone import patch_size

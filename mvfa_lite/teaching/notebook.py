@@ -32,11 +32,10 @@ def model_settings(real_weights: bool | None = None, *, tiny: dict | None = None
                    **explicit) -> dict:
     """MVFAConfig fields for the backbone and schedule, printed with the reason.
 
-    Args:
-        real_weights: None = decide (GPU and weights at hand); True / False force it.
-        tiny: the notebook's own cheap settings for the tiny ViT, e.g. ``dict(epochs=3)``.
-        explicit: parameters the user set (model_name, pretrained, epochs, image_size);
-            ``None`` values are ignored.
+    ``real_weights`` None decides (real weights when a GPU and the weights are at hand), True
+    / False force it; ``tiny`` holds the notebook's own cheap settings for the tiny ViT, e.g.
+    ``dict(epochs=3)``; ``explicit`` the parameters the user set (model_name, pretrained,
+    epochs, image_size), where ``None`` values are ignored.
     """
     gpu = torch.cuda.is_available()
     reachable = bool(os.environ.get("MVFA_CLIP_CHECKPOINT")) or online()
