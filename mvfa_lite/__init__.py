@@ -6,7 +6,7 @@ pyproject.toml):
 - ``config``, ``errors``, ``runtime``, ``outputs``: the settings as values, the errors,
   device/precision/seeding, output folders and result files;
 - ``method/``: the paper (backbone, adapters, prompts, model, branches, losses);
-- ``data/``: datasets on disk (layout, images, shots, catalogue, synthlesions);
+- ``data/``: datasets on disk (layout, folder, images, shots, catalogue, synthlesions);
 - ``protocols/``: training, scoring, metrics, checkpoints, whole experiments;
 - ``tools/``: the command line, benchmarks, sweeps, the comparison with the official code;
   ``teaching/``: the notebooks' helpers.
