@@ -83,3 +83,14 @@ def test_no_module_is_over_400_lines():
     sizes = {p.relative_to(REPO).as_posix(): len(p.read_text().splitlines())
              for p in PACKAGE.rglob("*.py")}
     assert not {name: n for name, n in sizes.items() if n > 400}
+
+
+def test_the_dataset_tables_name_the_same_datasets():
+    """Dataset facts that live in their own rooms (the catalogue, the prompts' object words,
+    the paper's table) must name the same datasets."""
+    from mvfa_lite.data import catalogue
+    from mvfa_lite.method.prompts import OBJECT_NAMES
+    from mvfa_lite.teaching import paper
+    assert set(paper.DATASETS) == set(catalogue.BMAD_KEYS) == set(paper.PAPER_NAMES)
+    assert set(OBJECT_NAMES) == {*catalogue.BMAD_KEYS, *catalogue.SHIPPED, *catalogue.EXTRA}
+    assert set(catalogue.SPLITS) == {*catalogue.SHIPPED, *catalogue.EXTRA}

@@ -6,6 +6,7 @@ README exactly). AC = image-level AUROC, AS = pixel-level AUROC.
 """
 from __future__ import annotations
 
+# the six BMAD sets (data.catalogue.BMAD_KEYS) in the order of the paper's tables
 DATASETS = ("Histopathology", "Chest", "Retina_OCT2017", "Brain", "Liver", "Retina_RESC")
 PAPER_NAMES = {"Histopathology": "HIS", "Chest": "ChestXray", "Retina_OCT2017": "OCT17",
                "Brain": "BrainMRI", "Liver": "LiverCT", "Retina_RESC": "RESC"}

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config import MVFAConfig
-from ..data.shots import ShotSet
+from ..data.shots import AUGMENTATIONS_PER_SHOT, ShotSet
 from ..method.branches import few_shot, zero_shot
 from ..method.losses import mvfa_loss
 from ..method.model import MVFA
@@ -166,8 +166,9 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
     if device.type == "cuda":
         stages["train_step"]["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
 
-    # few-shot scoring against a bank of k x 11 normal shots
-    bank = build_memory_bank(model, torch.rand(k * 11, 3, size, size), batch_size)
+    # few-shot scoring against a bank of the k normal shots, augmented
+    bank = build_memory_bank(model, torch.rand(k * AUGMENTATIONS_PER_SHOT, 3, size, size),
+                             batch_size)
 
     def score():
         with torch.no_grad():
@@ -180,7 +181,7 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
                                        _flops(score), peak)
     stages["fewshot_scoring"]["bank_vectors_per_level"] = len(bank)
 
-    say(f"end to end: {config.epochs} epochs on {2 * k * 11} shots + {test_images} test "
+    say(f"end to end: {config.epochs} epochs on {2 * k * AUGMENTATIONS_PER_SHOT} shots + {test_images} test "
         "images ...", flush=True)
     stages["end_to_end"] = _end_to_end(config, model, test_images, batch_size, device, progress)
 
@@ -204,8 +205,9 @@ def _end_to_end(config, model, test_images, batch_size, device, progress) -> dic
     """The few-shot protocol on generated data: train (stems cached), bank, score, metrics."""
     k, size = config.shots, config.image_size
     generator = torch.Generator().manual_seed(0)
-    shots = ShotSet(torch.rand(2 * k * 11, 3, size, size, generator=generator),
-                    torch.zeros(2 * k * 11, size, size), torch.arange(2 * k * 11) % 2)
+    n = 2 * k * AUGMENTATIONS_PER_SHOT                  # k normal + k abnormal, augmented
+    shots = ShotSet(torch.rand(n, 3, size, size, generator=generator),
+                    torch.zeros(n, size, size), torch.arange(n) % 2)
     shots.masks[shots.labels == 1, size // 4: size // 2, size // 4: size // 2] = 1
     text = model.text_features("Brain")
     workers = 4 if device.type == "cuda" else 0
