@@ -117,3 +117,33 @@ def loader_workers(device: torch.device) -> int:
 def show_progress(progress: bool) -> bool:
     """Progress bars unless the caller or the environment (TQDM_DISABLE=1) turns them off."""
     return progress and not os.environ.get("TQDM_DISABLE")
+
+
+def cpu_matrix_units() -> list[str]:
+    """The vector and matrix units of this CPU that torch's kernels use (as ``lscpu`` names
+    them: avx2, avx512f, avx512_vnni, avx512_bf16, amx_tile, amx_fp16); bf16 runs natively
+    only with avx512_bf16 or amx (:func:`cpu_bf16_speedup`)."""
+    checks = (("avx2", "_is_avx2_supported"), ("avx512f", "_is_avx512_supported"),
+              ("avx512_vnni", "_is_vnni_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
+              ("amx_tile", "_is_amx_tile_supported"), ("amx_fp16", "_is_amx_fp16_supported"))
+    return [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
+
+
+def machine() -> dict:
+    """What a benchmark ran on: the CPU (model name, cores, the threads torch uses, its matrix
+    units, bf16's measured speedup), the GPU torch sees (None without one), torch and Python."""
+    import platform
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "matrix_units": cpu_matrix_units(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "bf16_speedup_measured": cpu_bf16_speedup()}

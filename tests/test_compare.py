@@ -18,20 +18,26 @@ from mvfa_lite.errors import MVFAError
 from mvfa_lite.protocols.evaluate import Scores
 from mvfa_lite.protocols.train import Source, fit
 from mvfa_lite.tools.cli import main
-from mvfa_lite.tools.compare.comparison import (
-    CUDA_LINE,
+from mvfa_lite.tools.compare.agreement import (
     agreement,
-    banks_from_official,
-    check_official_python,
     compare_scores,
     data_order,
+    step_agreement,
+)
+from mvfa_lite.tools.compare.comparison import compare_official
+from mvfa_lite.tools.compare.driver import fingerprint
+from mvfa_lite.tools.compare.staging import (
+    CUDA_LINE,
+    OURS_PHASES,
+    banks_from_official,
+    check_official_python,
     nudge_by_one_ulp,
+    phase_name,
+    phase_seconds,
     stage_code,
     stage_dataset,
-    step_agreement,
     third_party_imports,
 )
-from mvfa_lite.tools.compare.driver import fingerprint
 
 STANDIN = Path(__file__).resolve().parent / "official_standin"
 
@@ -85,6 +91,10 @@ def test_compare_official_runs_end_to_end(lesion_set, chest_root, tmp_path, caps
     assert speed["official"]["gflop_backward"] > speed["ours"]["gflop_backward"] > 0
     assert speed["ratios"]["work"] > 1 and speed["ours"]["wall_s"] > 0
     assert speed["gemm_peak_gflop_per_s"]["fp32"] > 0
+    # every function timed is found in the profiles (a renamed or moved one would read 0 s)
+    assert list(speed["ours"]["phases_s"]) == list(OURS_PHASES)
+    for program in ("official", "ours"):
+        assert all(seconds > 0 for seconds in speed[program]["phases_s"].values()), speed
     assert "compare-official" in printed and "speed:" in printed
     assert status == (0 if report["passed"] else 1)
     # the official checkout itself is never patched: the copy was
@@ -195,7 +205,6 @@ def test_speed_shortcuts_change_nothing(tiny_model):
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_parts(chest_root, tmp_path):
-    from mvfa_lite.tools.compare.comparison import compare_official
     options = dict(classification_data=chest_root, shots=2, model_name="tiny-random",
                    parts=("scoring",), work_dir=tmp_path / "work", say=lambda *a, **k: None)
     first = compare_official(STANDIN, official_python=sys.executable, **options)
@@ -253,3 +262,14 @@ def test_an_unfit_official_python_stops_in_one_line(chest_root, tmp_path, capsys
                    "--shots", "2", "--model", "tiny-random", "--work-dir", str(tmp_path / "w")])
     message = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(message) == 1 and "cannot be run" in message[0]
+
+
+def test_a_phase_is_named_from_its_function_and_found_in_a_profile(tmp_path):
+    import cProfile
+    profile = cProfile.Profile()
+    profile.runcall(step_agreement, np.arange(10.0), np.arange(10.0) + 1e-3)
+    profile.dump_stats(tmp_path / "run.prof")
+    name = phase_name(step_agreement)
+    assert name == "agreement.py:step_agreement"
+    assert phase_seconds(tmp_path / "run.prof", [name])[name] > 0
+    assert "train.py:select" in OURS_PHASES and "shots.py:augment_shots" in OURS_PHASES

@@ -99,5 +99,9 @@ class MVFA(nn.Module):
             self._text_cache[key] = torch.stack(columns, dim=1)     # (D, 2)
         return self._text_cache[key]
 
+    def clear_text_cache(self) -> None:
+        """Forget the cached text features: the next :meth:`text_features` computes them."""
+        self._text_cache.clear()
+
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.banks.parameters())

@@ -18,7 +18,6 @@ matrix-multiply rate measured in the same run (:func:`gemm_peak`).
 """
 from __future__ import annotations
 
-import platform
 import time
 
 import torch
@@ -31,7 +30,7 @@ from ..method.losses import mvfa_loss
 from ..method.model import MVFA
 from ..protocols.evaluate import build_memory_bank, compute_metrics, score_dataset
 from ..protocols.train import Source, fit
-from ..runtime import autocast, cpu_bf16_speedup, resolve_device, resolve_precision
+from ..runtime import autocast, cpu_bf16_speedup, machine, resolve_device, resolve_precision
 from .flops import FlopCount
 
 PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
@@ -125,8 +124,10 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
     peak = device_peak_tflops(device)
     size, k = config.image_size, config.shots
     say = print if progress else (lambda *a, **kw: None)
-    result = {"device": _device_name(device), "model": config.model_name,
-              "image_size": size, "weights": "random", "precision": resolve_precision(config.precision, device),
+    described = machine()
+    result = {"device": _device_name(device, described), "machine": described,
+              "model": config.model_name, "image_size": size, "weights": "random",
+              "precision": resolve_precision(config.precision, device),
               "torch": torch.__version__, "compile": compile, "stages": {}}
     if device.type == "cpu":                  # the peak: measured here, in the model's precision
         result["gemm_peak_gflop_per_s"] = gemm_peak()
@@ -263,10 +264,10 @@ def _baseline(model, text, device, config, repeats, recipe: dict) -> dict:
             "train_seconds_per_step": train_seconds, "recipe_epoch_seconds": epoch}
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device: torch.device, described: dict) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"CPU {described['cpu']}, {described['threads']} threads"
 
 
 def format_table(result: dict) -> str:

@@ -350,7 +350,9 @@ def _add_compare_official(commands) -> None:
 
 def _compare_official(args) -> int:
     from ..outputs import write_json
-    from .compare.comparison import compare_official, default_datasets, format_report
+    from .compare.comparison import compare_official
+    from .compare.report import format_report
+    from .compare.staging import default_datasets
     defaults = default_datasets()
     data = {name: catalogue.path(given) if given else defaults[name] for name, given in
             (("segmentation_data", args.segmentation_data),
