@@ -49,7 +49,7 @@ def test_wheel_holds_the_package_and_the_shipped_data_only(dist):
     (wheel,) = dist.glob("mvfa_lite-*.whl")
     (sdist,) = dist.glob("mvfa_lite-*.tar.gz")
     names = set(zipfile.ZipFile(wheel).namelist())
-    modules = {f"mvfa_lite/{p.name}" for p in (REPO / "mvfa_lite").glob("*.py")}
+    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "mvfa_lite").rglob("*.py")}
     data = _expected_data()
     assert len(data) > 100 and any(n.endswith(".png") for n in data)   # images and masks
     metadata = {n for n in names if n.split("/")[0].endswith(".dist-info")}
@@ -58,7 +58,7 @@ def test_wheel_holds_the_package_and_the_shipped_data_only(dist):
     assert b"mvfa-lite = mvfa_lite.tools.cli:main" in entry
     with tarfile.open(sdist) as archive:
         members = {m.split("/", 1)[1] for m in archive.getnames() if "/" in m}
-    assert {"pyproject.toml", "README.md", "mvfa_lite/sweep.py"} <= members
+    assert {"pyproject.toml", "README.md", "mvfa_lite/tools/sweep.py"} <= members
     assert {d.replace("mvfa_lite/shipped/", "data/") for d in data} <= members
     assert not {m for m in members if m.startswith(("build/", ".venv/", "results/"))}
 
