@@ -21,12 +21,14 @@ from ...method.backbone import TINY_MODEL
 from ...method.prompts import object_name
 from ...outputs import atomic_write
 from ...protocols.evaluate import StemSet, build_memory_bank, score_dataset
-from ...protocols.experiment import build_model, few_shot_data
+from ...protocols.experiment import build_model, evaluate_checkpoint, few_shot_data
 from ...protocols.train import Source, compute_stems, fit
 from ...runtime import machine
 from ..bench import gemm_peak
 from ..flops import FlopCount
 from .agreement import (
+    CHECKPOINT_AUROC_TOLERANCE,
+    CHECKPOINT_PEARSON,
     compare_losses,
     compare_scores,
     data_order,
@@ -53,7 +55,7 @@ from .staging import (
     write_clip_weights,
 )
 
-PARTS = ("scoring", "training", "speed")
+PARTS = ("scoring", "training", "speed", "checkpoint")
 
 
 def compare_official(official_dir, *, official_python: str, segmentation_data=None,
@@ -196,8 +198,10 @@ class _Comparison:
             self.training(key)
         if "speed" in parts:
             self.speed(key, speed_precision)
+        if "checkpoint" in parts:
+            self.checkpoint(key)
         checks = [entry["passed"] for entry in self.report.get("scoring", {}).values()]
-        checks += [self.report[name]["passed"] for name in ("losses", "training")
+        checks += [self.report[name]["passed"] for name in ("losses", "training", "checkpoint")
                    if name in self.report]
         self.report["passed"] = all(checks)
         self.report["seconds"] = time.perf_counter() - self.started
@@ -290,6 +294,41 @@ class _Comparison:
                       stems=[stems])
         bank = build_memory_bank(model, stems=stems[ordered.labels == 0])
         return trained, score_dataset(model, StemSet(model, test), text, bank, progress=False)
+
+    def checkpoint(self, key: str) -> None:
+        """The official train_few.py saves its .pth (one epoch), test_few.py scores it, and
+        mvfa-lite's ``evaluate`` reads that file as it is and scores the same test set."""
+        if "checkpoint" in self.done:
+            self.report["checkpoint"] = self.done["checkpoint"]
+            return
+        saved = self.code / "ckpt" / "official-trained"
+        self.step(f"official training, checkpoint saved ({key}, train_few.py --epoch 1 "
+                  "--save_model 1) ...")
+        run_observed(self.python, ["train_few.py", "--obj", key, *self.official_args,
+                                   "--epoch", "1", "--save_model", "1",
+                                   "--save_path", "./ckpt/official-trained/"],
+                     self.work / "official-checkpoint-train.pt",
+                     self.work / "logs" / "official-checkpoint-train.log", cwd=self.code)
+        self.step(f"official scoring of that checkpoint ({key}, test_few.py) ...")
+        record = run_observed(self.python, ["test_few.py", "--obj", key, *self.official_args,
+                                            "--save_path", "./ckpt/official-trained/"],
+                              self.work / "official-checkpoint-test.pt",
+                              self.work / "logs" / "official-checkpoint-test.log", cwd=self.code)
+        self.step("mvfa-lite evaluate on the official .pth ...")
+        run = evaluate_checkpoint(
+            saved / f"{key}.pth", self.roots[key], split="test", device="cpu", progress=False,
+            clip_checkpoint=None if self.tiny else self.clip_file,
+            official=dict(setting="few-shot", seed_file=self.seed_file(key), shots=self.shots,
+                          model_name=self.model_name, support_split="valid"))
+        test = ADDataset(self.roots[key], "test")
+        entry = compare_scores(official_scores(record, test.has_masks), record["test_paths"],
+                               run.scores, test.has_masks,
+                               marks=(CHECKPOINT_PEARSON, CHECKPOINT_AUROC_TOLERANCE))
+        entry.update(key=key, test_images=len(test), file=str(saved / f"{key}.pth"),
+                     passed=all(part["passed"] for part in entry.values()
+                                if isinstance(part, dict)))
+        self.report["checkpoint"] = entry
+        self.finished("checkpoint", entry)
 
     def speed(self, key: str, precision: str) -> None:
         """The same epoch in each program, as its users run it, timed (both in one go)."""

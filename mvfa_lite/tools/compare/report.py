@@ -53,7 +53,9 @@ def format_report(report: dict) -> str:
         lines += _training_lines(report["training"])
     if "speed" in report:
         lines += _speed_lines(report["speed"])
-    lines += ["", f"overall: {_mark(report['passed'])} (scores, losses and training; "
+    if "checkpoint" in report:
+        lines += _checkpoint_lines(report["checkpoint"])
+    lines += ["", f"overall: {_mark(report['passed'])} (scores, losses, training, checkpoint; "
               f"{report['seconds']:.0f} s)"]
     return "\n".join(_wrapped(line) for line in lines)
 
@@ -89,6 +91,21 @@ def _scoring_lines(report: dict) -> list[str]:
                  f"{losses['dice']['official']:.7f} vs {losses['dice']['ours']:.7f}: "
                  f"{_mark(losses['passed'])}")
     return lines
+
+
+def _checkpoint_lines(c: dict) -> list[str]:
+    lines = ["", f"checkpoint: the official .pth saved by train_few.py, scored by test_few.py "
+             f"and by mvfa-lite evaluate ({c['key']}, {c['test_images']} test images)",
+             f"  {'scores':<8}{'Pearson':>10}{'max |diff|':>12}{'AUROC official':>16}"
+             f"{'AUROC ours':>12}{'|dAUROC|':>10}  pass mark: Pearson >= 0.99999, "
+             "|dAUROC| <= 1e-6"]
+    for part in ("image", "pixel"):
+        if part in c:
+            p = c[part]
+            lines.append(f"  {part:<8}{p['pearson']:>10.7f}{p['max_abs_diff']:>12.2e}"
+                         f"{p['auroc_official']:>16.6f}{p['auroc_ours']:>12.6f}"
+                         f"{p['auroc_diff']:>10.1e}  {_mark(p['passed'])}")
+    return lines + [f"  checkpoint: {_mark(c['passed'])}"]
 
 
 def _training_lines(t: dict) -> list[str]:
