@@ -296,39 +296,47 @@ class _Comparison:
         return trained, score_dataset(model, StemSet(model, test), text, bank, progress=False)
 
     def checkpoint(self, key: str) -> None:
-        """The official train_few.py saves its .pth (one epoch), test_few.py scores it, and
-        mvfa-lite's ``evaluate`` reads that file as it is and scores the same test set."""
+        """The official train_few.py saves its .pth (one epoch); test_few.py scores it (and
+        test_zero.py, as a zero-shot checkpoint, where the checkout has it); mvfa-lite's
+        ``evaluate`` reads that file as it is and scores the same test set each way."""
         if "checkpoint" in self.done:
             self.report["checkpoint"] = self.done["checkpoint"]
             return
-        saved = self.code / "ckpt" / "official-trained"
+        saved = "./ckpt/official-trained/"
         self.step(f"official training, checkpoint saved ({key}, train_few.py --epoch 1 "
                   "--save_model 1) ...")
         run_observed(self.python, ["train_few.py", "--obj", key, *self.official_args,
-                                   "--epoch", "1", "--save_model", "1",
-                                   "--save_path", "./ckpt/official-trained/"],
+                                   "--epoch", "1", "--save_model", "1", "--save_path", saved],
                      self.work / "official-checkpoint-train.pt",
                      self.work / "logs" / "official-checkpoint-train.log", cwd=self.code)
-        self.step(f"official scoring of that checkpoint ({key}, test_few.py) ...")
-        record = run_observed(self.python, ["test_few.py", "--obj", key, *self.official_args,
-                                            "--save_path", "./ckpt/official-trained/"],
-                              self.work / "official-checkpoint-test.pt",
-                              self.work / "logs" / "official-checkpoint-test.log", cwd=self.code)
-        self.step("mvfa-lite evaluate on the official .pth ...")
-        run = evaluate_checkpoint(
-            saved / f"{key}.pth", self.roots[key], split="test", device="cpu", progress=False,
-            clip_checkpoint=None if self.tiny else self.clip_file,
-            official=dict(setting="few-shot", seed_file=self.seed_file(key), shots=self.shots,
-                          model_name=self.model_name, support_split="valid"))
-        test = ADDataset(self.roots[key], "test")
-        entry = compare_scores(official_scores(record, test.has_masks), record["test_paths"],
-                               run.scores, test.has_masks,
-                               marks=(CHECKPOINT_PEARSON, CHECKPOINT_AUROC_TOLERANCE))
-        entry.update(key=key, test_images=len(test), file=str(saved / f"{key}.pth"),
-                     passed=all(part["passed"] for part in entry.values()
-                                if isinstance(part, dict)))
-        self.report["checkpoint"] = entry
-        self.finished("checkpoint", entry)
+        path, test = self.code / saved / f"{key}.pth", ADDataset(self.roots[key], "test")
+        result = {"key": key, "file": str(path), "test_images": len(test)}
+        scripts = {"few-shot": ["test_few.py", *self.official_args],
+                   "zero-shot": ["test_zero.py", "--features_list", *map(str, self.model.levels)]}
+        for setting, (script, *arguments) in scripts.items():
+            if not (self.code / script).is_file():
+                continue
+            self.step(f"official scoring of that checkpoint ({key}, {script}) ...")
+            record = run_observed(self.python, [script, "--obj", key, *arguments,
+                                                "--save_path", saved],
+                                  self.work / f"official-checkpoint-{setting}.pt",
+                                  self.work / "logs" / f"official-checkpoint-{setting}.log",
+                                  cwd=self.code)
+            self.step(f"mvfa-lite evaluate on the official .pth ({setting}) ...")
+            run = evaluate_checkpoint(
+                path, self.roots[key], split="test", device="cpu", progress=False,
+                clip_checkpoint=None if self.tiny else self.clip_file,
+                official=dict(setting=setting, seed_file=self.seed_file(key), shots=self.shots,
+                              model_name=self.model_name, support_split="valid"))
+            entry = compare_scores(official_scores(record, test.has_masks,
+                                                   image_first=setting == "zero-shot"),
+                                   record["test_paths"], run.scores, test.has_masks,
+                                   marks=(CHECKPOINT_PEARSON, CHECKPOINT_AUROC_TOLERANCE))
+            entry["passed"] = all(part["passed"] for part in entry.values())
+            result[setting] = entry
+        result["passed"] = all(result[s]["passed"] for s in scripts if s in result)
+        self.report["checkpoint"] = result
+        self.finished("checkpoint", result)
 
     def speed(self, key: str, precision: str) -> None:
         """The same epoch in each program, as its users run it, timed (both in one go)."""
