@@ -56,12 +56,13 @@ from .staging import (
 )
 
 PARTS = ("scoring", "training", "speed", "checkpoint")
+DEFAULT_PARTS = PARTS[:3]             # checkpoint: asked for (--parts checkpoint)
 
 
 def compare_official(official_dir, *, official_python: str, segmentation_data=None,
                      classification_data=None, split: str | None = None, shots: int = 4,
                      model_name: str = "ViT-L-14-336", clip_checkpoint=None, init_seed: int = 123,
-                     shot_seed: int = 0, parts=PARTS, speed_precision: str = "fp32",
+                     shot_seed: int = 0, parts=DEFAULT_PARTS, speed_precision: str = "fp32",
                      work_dir=None, keep: bool = False, resume: bool = False,
                      say=print) -> dict:
     """Run both programs on the same inputs; returns the report (see :func:`.report.format_report`).
