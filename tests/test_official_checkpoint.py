@@ -172,3 +172,15 @@ def test_a_checkpoint_saved_by_the_official_code_scores_the_same(tmp_path, capsy
     assert main(["evaluate", str(saved), "chestxray_synthlesion", "--split", "valid",
                  "--model", TINY, "--device", "cpu"]) == 0
     assert "image_auroc" in capsys.readouterr().out
+
+
+def test_predict_reads_an_official_file(tiny_model, synth_root, tmp_path, capsys):
+    images = tmp_path / "scans"
+    images.mkdir()
+    for item in ADDataset(synth_root, "valid").items[:3]:
+        (images / item.image_path.name).write_bytes(item.image_path.read_bytes())
+    path = official_file(tiny_model, tmp_path / "Chest.pth")
+    assert main(["predict", str(path), str(images), "--out", str(tmp_path / "out"),
+                 "--model", TINY, "--object", "chest", "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "scores.csv").is_file()
+    assert "3 overlays" in capsys.readouterr().out

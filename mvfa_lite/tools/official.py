@@ -61,8 +61,8 @@ def add_import_official(commands) -> None:
     parser.add_argument("file", help="the official .pth")
     parser.add_argument("--setting", choices=["few-shot", "zero-shot"], required=True)
     parser.add_argument("--dataset", required=True, help="the dataset folder (BMAD layout, "
-                        "e.g. data/Brain_AD) or a shipped set's name; few-shot: the shots come "
-                        "from its valid split")
+                        "e.g. data/Brain_AD), an official key (Brain: data/Brain_AD) or a "
+                        "shipped set's name; few-shot: the shots come from its valid split")
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--seed-file", help="few-shot: dataset/fewshot_seed/<Obj>/<k>-shot.txt "
                         "of the official checkout")
@@ -74,8 +74,11 @@ def add_import_official(commands) -> None:
 
 def _import_official(args) -> int:
     from ..protocols.official_checkpoint import import_official
+    dataset = args.dataset
+    if dataset in OFFICIAL_DATASETS and not Path(dataset).exists():   # an official key
+        dataset = f"data/{dataset}_AD"
     out = import_official(args.file, args.out, setting=args.setting,
-                          data=catalogue.path(args.dataset), shots=args.shots,
+                          data=catalogue.path(dataset), shots=args.shots,
                           seed_file=args.seed_file, model_name=args.official_model,
                           support_split=catalogue.splits(args.dataset)[0])
     print(f"{args.file} ({args.setting}, {args.official_model}) written as the mvfa-lite "

@@ -134,7 +134,6 @@ def main():
         if result > best:           # the official selection: the best test score is saved
             best = result
             if args.save_model == 1:
-                os.makedirs(args.save_path, exist_ok=True)
                 torch.save({"seg_adapters": model.seg_adapters.state_dict(),
                             "det_adapters": model.det_adapters.state_dict()},
                            os.path.join(args.save_path, f"{args.obj}.pth"))

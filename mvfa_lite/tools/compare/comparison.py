@@ -26,6 +26,7 @@ from ...protocols.train import Source, compute_stems, fit
 from ...runtime import machine
 from ..bench import gemm_peak
 from ..flops import FlopCount
+from ..official import OFFICIAL_DATASETS
 from .agreement import (
     CHECKPOINT_AUROC_TOLERANCE,
     CHECKPOINT_PEARSON,
@@ -304,6 +305,13 @@ class _Comparison:
             self.report["checkpoint"] = self.done["checkpoint"]
             return
         saved = "./ckpt/official-trained/"
+        (self.code / saved).mkdir(parents=True, exist_ok=True)    # the official code does not
+        # test_zero.py builds the zero-shot training set of the other datasets first: each
+        # must have its test folders (empty ones do)
+        for other in OFFICIAL_DATASETS:
+            for kind in ("good", "Ungood"):
+                (self.code / "data" / f"{other}_AD" / "test" / kind / "img").mkdir(
+                    parents=True, exist_ok=True)
         self.step(f"official training, checkpoint saved ({key}, train_few.py --epoch 1 "
                   "--save_model 1) ...")
         run_observed(self.python, ["train_few.py", "--obj", key, *self.official_args,
