@@ -87,9 +87,10 @@ def read_checkpoint(path: str | Path) -> dict:
                               "`mvfa-lite train` wrote.") from None
     if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("mvfa-lite/"):
         raise CheckpointError(f"{path} is not an mvfa-lite checkpoint (no format entry "
-                              f"{FORMAT!r}); official MVFA .pth files and CLIP weights are not "
-                              "adapter checkpoints. Pass the adapters.pth that `mvfa-lite train` "
-                              "wrote.")
+                              f"{FORMAT!r}) and CLIP weights are not adapter checkpoints. Pass "
+                              "the adapters.pth that `mvfa-lite train` or `mvfa-lite "
+                              "import-official` wrote (official MVFA .pth files are read "
+                              "directly).")
     if payload["format"] != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {payload['format']!r}; this "
                               f"mvfa-lite reads {FORMAT!r} (which also records the CLIP weights' "
@@ -120,14 +121,20 @@ def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = Fal
     ``payload["weights_warning"]`` says so."""
     payload = read_checkpoint(path) if payload is None else payload
     saved, current = payload["backbone"], model.identity
+    official = payload.get("official")        # the authors' adapters: see official_checkpoint
+    keys = ("model_name", "image_size") if official else _MUST_MATCH
     different = [f"{key}: checkpoint {saved.get(key)!r} vs model {current.get(key)!r}"
-                 for key in _MUST_MATCH if saved.get(key) != current.get(key)]
+                 for key in keys if saved.get(key) != current.get(key)]
     if different:
         raise CheckpointError(
             f"checkpoint {path} was trained on another backbone ({'; '.join(different)}). "
             f"Load it with --model {saved.get('model_name')} --pretrained {saved.get('pretrained')}"
             f" (the same image size and levels), or train new adapters for this backbone.")
     _check_shapes(model, payload["adapters"], path)
+    if official:
+        _check_official_weights(payload, current, path, allow_other_weights)
+        model.banks.load_state_dict(payload["adapters"])
+        return payload
     fingerprint = clip_fingerprint(model.backbone)
     if payload["clip_fingerprint"] != fingerprint:
         message = (f"checkpoint {path} was trained with other CLIP weights "
@@ -143,6 +150,22 @@ def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = Fal
         warnings.warn(f"WARNING: {payload['weights_warning']}", stacklevel=2)
     model.banks.load_state_dict(payload["adapters"])
     return payload
+
+
+def _check_official_weights(payload: dict, current: dict, path, allow_other_weights) -> None:
+    """The official adapters carry no fingerprint; they expect real (``openai``) weights."""
+    expected = payload["official"].get("expects_weights")
+    if expected == "random" or not current.get("weights_random"):
+        return
+    message = (f"official checkpoint {path} expects {payload['backbone']['model_name']} with "
+               f"'{expected}' weights, but random weights are loaded")
+    if not allow_other_weights:
+        raise CheckpointError(f"{message}; give the real weights (--clip-checkpoint "
+                              "ViT-L-14-336px.pt, or let open_clip fetch 'openai'), or evaluate "
+                              "anyway with --allow-other-weights.")
+    payload["weights_warning"] = f"{message}. Loaded anyway (allow_other_weights): the " \
+                                 "numbers do not measure the trained model."
+    warnings.warn(f"WARNING: {payload['weights_warning']}", stacklevel=3)
 
 
 def _check_shapes(model: MVFA, adapters: dict, path) -> None:

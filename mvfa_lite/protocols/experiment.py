@@ -51,6 +51,7 @@ from .evaluate import (
     score_dataset,
 )
 from .metrics import pixel_metrics_absent
+from .official_checkpoint import is_official_file, official_payload
 from .train import TrainResult, train_few_shot, train_zero_shot
 
 
@@ -222,15 +223,29 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult | None,
     return Run(model, metrics, scores, result, summary)
 
 
+def read_any(checkpoint, official: dict | None = None) -> dict:
+    """An mvfa-lite checkpoint's entries, or an official MVFA .pth (detected by its keys) as
+    such entries (official_checkpoint.official_payload). ``official``: the options of that
+    function (data, seed_file, shots, model_name, setting); the setting defaults to
+    few-shot when a seed file is given, else zero-shot (no memory bank)."""
+    if not is_official_file(checkpoint):
+        return read_checkpoint(checkpoint)
+    options = dict(official or {})
+    if not options.get("setting"):
+        options["setting"] = "few-shot" if options.get("seed_file") else "zero-shot"
+    return official_payload(checkpoint, **{k: v for k, v in options.items() if v is not None})
+
+
 def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True,
-                 allow_other_weights: bool = False):
+                 allow_other_weights: bool = False, official: dict | None = None):
     """A trained model and its memory bank (rebuilt from the normal shots listed in the
     checkpoint, refused when one has changed; None for zero-shot checkpoints or
     ``with_bank=False``). Other CLIP weights than the checkpoint's are refused unless
     ``allow_other_weights`` (then with a warning, see checkpoint.load_adapters).
+    ``official``: how to read an official MVFA .pth (:func:`read_any`).
 
     Returns (model, bank, checkpoint payload)."""
-    payload = read_checkpoint(checkpoint)
+    payload = read_any(checkpoint, official)
     try:
         config = MVFAConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:
@@ -251,16 +266,21 @@ def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_ba
 def evaluate_checkpoint(checkpoint, root, *, split: str | None = None, out=None,
                         clip_checkpoint=None, device: str = "auto", zero_shot_only: bool = False,
                         allow_other_weights: bool = False, save_maps: bool = False,
-                        progress: bool = True) -> Run:
+                        progress: bool = True, official: dict | None = None) -> Run:
     """Score a labelled split with trained adapters. ``root``: a dataset folder or a shipped
     set's name; ``split``: default the set's test split. With ``out``: writes metrics.json
-    and scores.csv (+ maps.npz) there."""
+    and scores.csv (+ maps.npz) there. ``official``: for an official MVFA .pth, see
+    :func:`read_any` (few-shot shots come from ``root``'s support split by default)."""
     folder = catalogue.path(root)
     output = OutputFolder(out, "evaluate", EVALUATE_FILES, inputs=[folder]) \
         if out is not None else None
+    official = dict(official or {})
+    official.setdefault("data", folder)
+    official.setdefault("support_split", catalogue.splits(root)[0])
     model, bank, payload = load_trained(checkpoint, clip_checkpoint, device,
                                         with_bank=not zero_shot_only,
-                                        allow_other_weights=allow_other_weights)
+                                        allow_other_weights=allow_other_weights,
+                                        official=official)
     if progress:
         print(weights_banner(model))
     test = ADDataset(folder, split or catalogue.splits(root)[1], model.config.image_size)
@@ -274,14 +294,16 @@ def evaluate_checkpoint(checkpoint, root, *, split: str | None = None, out=None,
 
 def predict(checkpoint, images, *, out, object_word: str | None = None, clip_checkpoint=None,
             device: str = "auto", allow_other_weights: bool = False,
-            progress: bool = True) -> Scores:
+            progress: bool = True, official: dict | None = None) -> Scores:
     """Heat maps and scores for a folder of unlabelled images (or one image): one overlay
     PNG per image and scores.csv in ``out``. Scores and maps are min-max normalised over
     the images given. ``object_word``: for the prompts (default: the checkpoint's dataset).
+    ``official``: for an official MVFA .pth (:func:`read_any`; few-shot needs its ``data``).
     For research use only, not for clinical use."""
     output = OutputFolder(out, "predict", PREDICT_FILES, inputs=[images])
     model, bank, payload = load_trained(checkpoint, clip_checkpoint, device,
-                                        allow_other_weights=allow_other_weights)
+                                        allow_other_weights=allow_other_weights,
+                                        official=official)
     if progress:
         print(weights_banner(model))
     folder = ImageFolder(images, model.config.image_size, exclude=[output.path])

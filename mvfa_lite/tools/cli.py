@@ -1,4 +1,5 @@
-"""The ``mvfa-lite`` command: train, evaluate, predict, sweep, bench, compare-official.
+"""The ``mvfa-lite`` command: train, evaluate, predict, import-official, fetch-official, sweep,
+bench, compare-official.
 
 Errors of the user's making (bad settings, folders, images, checkpoints, weights, output
 folders) are printed as one message that says what to fix, without a traceback; exit status
@@ -20,6 +21,12 @@ from ..config import OPTIONS, PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
 from ..data import catalogue
 from ..errors import DataWarning, MVFAError
 from ..method.prompts import PROMPT_SETS
+from .official import (
+    add_fetch_official,
+    add_import_official,
+    add_official_options,
+    official_options,
+)
 
 # `mvfa-lite bench` sizes: the full benchmark (3,715 = the BrainMRI test split) and --quick
 BENCH_SIZES = dict(batch_size=64, train_batch=32, epochs=50, test_images=3715,
@@ -36,8 +43,8 @@ CHOICES = {"protocol": list(PROTOCOLS), "precision": list(PRECISIONS),
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvfa-lite", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_train, _add_evaluate, _add_predict, _add_sweep, _add_bench,
-                _add_compare_official):
+    for add in (_add_train, _add_evaluate, _add_predict, add_import_official,
+                add_fetch_official, _add_sweep, _add_bench, _add_compare_official):
         add(commands)
     return parser
 
@@ -177,6 +184,7 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     parser.add_argument("--out", help="write metrics.json and scores.csv here")
     parser.add_argument("--save-maps", action="store_true")
+    add_official_options(parser)
     parser.set_defaults(handler=_evaluate)
 
 
@@ -186,7 +194,7 @@ def _evaluate(args) -> int:
                               clip_checkpoint=args.clip_checkpoint, device=args.device,
                               zero_shot_only=args.zero_shot_only,
                               allow_other_weights=args.allow_other_weights,
-                              save_maps=args.save_maps)
+                              save_maps=args.save_maps, official=official_options(args))
     _report(run.summary["weights"], run.metrics, args.out)
     return 0
 
@@ -204,6 +212,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("--clip-checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
+    add_official_options(parser)
     parser.set_defaults(handler=_predict)
 
 
@@ -211,7 +220,8 @@ def _predict(args) -> int:
     from ..protocols.experiment import predict
     scores = predict(args.checkpoint, args.images, out=args.out, object_word=args.object,
                      clip_checkpoint=args.clip_checkpoint, device=args.device,
-                     allow_other_weights=args.allow_other_weights)
+                     allow_other_weights=args.allow_other_weights,
+                     official=official_options(args))
     print(f"{len(scores.paths)} overlays and scores.csv written to {args.out}")
     return 0
 
@@ -333,9 +343,11 @@ def _add_compare_official(commands) -> None:
     parser.add_argument("--model", dest="model_name", default="ViT-L-14-336",
                          help="the official code runs ViT-L-14-336 only")
     parser.add_argument("--clip-checkpoint", help="real CLIP weights (default: seeded random)")
-    parser.add_argument("--parts", nargs="+", choices=["scoring", "training", "speed"],
+    parser.add_argument("--parts", nargs="+",
+                         choices=["scoring", "training", "speed", "checkpoint"],
                          default=["scoring", "training", "speed"],
-                         help="what to compare (speed needs training); default: all")
+                         help="what to compare (speed needs training); default: all but "
+                         "checkpoint (the official code's saved .pth scored by both)")
     parser.add_argument("--speed-precision", choices=["fp32", "auto"], default="fp32",
                          help="mvfa-lite's precision in the timed run (the official code runs "
                          "fp32 on a CPU); auto = bf16 where measured faster")

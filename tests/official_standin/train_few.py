@@ -1,6 +1,7 @@
 """Few-shot training with the official command line: batch 1, the test set scored after every
 epoch (the official model selection)."""
 import argparse
+import os
 import random
 
 import numpy as np
@@ -109,6 +110,7 @@ def main():
     det_optimizer = torch.optim.Adam(model.det_adapters.parameters(), lr=args.learning_rate,
                                      betas=(0.5, 0.999))
     focal, dice, bce = FocalLoss(), BinaryDiceLoss(), torch.nn.BCEWithLogitsLoss()
+    best = 0
     for epoch in range(args.epoch):
         losses = []
         for image, mask, label in torch.utils.data.DataLoader(train, batch_size=1, shuffle=True):
@@ -128,7 +130,13 @@ def main():
                 seg_optimizer.step()
             losses.append(loss.item())
         print("Loss: ", np.mean(losses))
-        test(args, model, data, text, *memory_bank(model, normal))
+        result = test(args, model, data, text, *memory_bank(model, normal))
+        if result > best:           # the official selection: the best test score is saved
+            best = result
+            if args.save_model == 1:
+                torch.save({"seg_adapters": model.seg_adapters.state_dict(),
+                            "det_adapters": model.det_adapters.state_dict()},
+                           os.path.join(args.save_path, f"{args.obj}.pth"))
 
 
 if __name__ == "__main__":

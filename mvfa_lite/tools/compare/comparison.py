@@ -21,12 +21,15 @@ from ...method.backbone import TINY_MODEL
 from ...method.prompts import object_name
 from ...outputs import atomic_write
 from ...protocols.evaluate import StemSet, build_memory_bank, score_dataset
-from ...protocols.experiment import build_model, few_shot_data
+from ...protocols.experiment import build_model, evaluate_checkpoint, few_shot_data
 from ...protocols.train import Source, compute_stems, fit
 from ...runtime import machine
 from ..bench import gemm_peak
 from ..flops import FlopCount
+from ..official import OFFICIAL_DATASETS
 from .agreement import (
+    CHECKPOINT_AUROC_TOLERANCE,
+    CHECKPOINT_PEARSON,
     compare_losses,
     compare_scores,
     data_order,
@@ -53,13 +56,14 @@ from .staging import (
     write_clip_weights,
 )
 
-PARTS = ("scoring", "training", "speed")
+PARTS = ("scoring", "training", "speed", "checkpoint")
+DEFAULT_PARTS = PARTS[:3]             # checkpoint: asked for (--parts checkpoint)
 
 
 def compare_official(official_dir, *, official_python: str, segmentation_data=None,
                      classification_data=None, split: str | None = None, shots: int = 4,
                      model_name: str = "ViT-L-14-336", clip_checkpoint=None, init_seed: int = 123,
-                     shot_seed: int = 0, parts=PARTS, speed_precision: str = "fp32",
+                     shot_seed: int = 0, parts=DEFAULT_PARTS, speed_precision: str = "fp32",
                      work_dir=None, keep: bool = False, resume: bool = False,
                      say=print) -> dict:
     """Run both programs on the same inputs; returns the report (see :func:`.report.format_report`).
@@ -196,8 +200,10 @@ class _Comparison:
             self.training(key)
         if "speed" in parts:
             self.speed(key, speed_precision)
+        if "checkpoint" in parts:
+            self.checkpoint(key)
         checks = [entry["passed"] for entry in self.report.get("scoring", {}).values()]
-        checks += [self.report[name]["passed"] for name in ("losses", "training")
+        checks += [self.report[name]["passed"] for name in ("losses", "training", "checkpoint")
                    if name in self.report]
         self.report["passed"] = all(checks)
         self.report["seconds"] = time.perf_counter() - self.started
@@ -290,6 +296,56 @@ class _Comparison:
                       stems=[stems])
         bank = build_memory_bank(model, stems=stems[ordered.labels == 0])
         return trained, score_dataset(model, StemSet(model, test), text, bank, progress=False)
+
+    def checkpoint(self, key: str) -> None:
+        """The official train_few.py saves its .pth (one epoch); test_few.py scores it (and
+        test_zero.py, as a zero-shot checkpoint, where the checkout has it); mvfa-lite's
+        ``evaluate`` reads that file as it is and scores the same test set each way."""
+        if "checkpoint" in self.done:
+            self.report["checkpoint"] = self.done["checkpoint"]
+            return
+        saved = "./ckpt/official-trained/"
+        (self.code / saved).mkdir(parents=True, exist_ok=True)    # the official code does not
+        # test_zero.py builds the zero-shot training set of the other datasets first: each
+        # must have its test folders (empty ones do)
+        for other in OFFICIAL_DATASETS:
+            for kind in ("good", "Ungood"):
+                (self.code / "data" / f"{other}_AD" / "test" / kind / "img").mkdir(
+                    parents=True, exist_ok=True)
+        self.step(f"official training, checkpoint saved ({key}, train_few.py --epoch 1 "
+                  "--save_model 1) ...")
+        run_observed(self.python, ["train_few.py", "--obj", key, *self.official_args,
+                                   "--epoch", "1", "--save_model", "1", "--save_path", saved],
+                     self.work / "official-checkpoint-train.pt",
+                     self.work / "logs" / "official-checkpoint-train.log", cwd=self.code)
+        path, test = self.code / saved / f"{key}.pth", ADDataset(self.roots[key], "test")
+        result = {"key": key, "file": str(path), "test_images": len(test)}
+        scripts = {"few-shot": ["test_few.py", *self.official_args],
+                   "zero-shot": ["test_zero.py", "--features_list", *map(str, self.model.levels)]}
+        for setting, (script, *arguments) in scripts.items():
+            if not (self.code / script).is_file():
+                continue
+            self.step(f"official scoring of that checkpoint ({key}, {script}) ...")
+            record = run_observed(self.python, [script, "--obj", key, *arguments,
+                                                "--save_path", saved],
+                                  self.work / f"official-checkpoint-{setting}.pt",
+                                  self.work / "logs" / f"official-checkpoint-{setting}.log",
+                                  cwd=self.code)
+            self.step(f"mvfa-lite evaluate on the official .pth ({setting}) ...")
+            run = evaluate_checkpoint(
+                path, self.roots[key], split="test", device="cpu", progress=False,
+                clip_checkpoint=None if self.tiny else self.clip_file,
+                official=dict(setting=setting, seed_file=self.seed_file(key), shots=self.shots,
+                              model_name=self.model_name, support_split="valid"))
+            entry = compare_scores(official_scores(record, test.has_masks,
+                                                   image_first=setting == "zero-shot"),
+                                   record["test_paths"], run.scores, test.has_masks,
+                                   marks=(CHECKPOINT_PEARSON, CHECKPOINT_AUROC_TOLERANCE))
+            entry["passed"] = all(part["passed"] for part in entry.values())
+            result[setting] = entry
+        result["passed"] = all(result[s]["passed"] for s in scripts if s in result)
+        self.report["checkpoint"] = result
+        self.finished("checkpoint", result)
 
     def speed(self, key: str, precision: str) -> None:
         """The same epoch in each program, as its users run it, timed (both in one go)."""

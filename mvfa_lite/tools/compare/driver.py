@@ -19,7 +19,8 @@ driver watches it through the names its scripts import, without changing a line 
 * ``torch.Tensor.backward``: the loss of every training step;
 * ``utils.encode_text_with_prompt_ensemble``: the text features;
 * ``sklearn.metrics.roc_auc_score``: the scores the official test passes to its metric;
-* ``dataset.medical_few.MedDataset``: the test images in the official order.
+* ``dataset.medical_few.MedDataset`` (and ``dataset.medical_zero.MedTestDataset``): the test
+  images in the official order.
 
 ``--losses INPUTS`` also computes the official focal and dice losses (loss.py) on fixed
 inputs (a file with ``probs`` (B, 2, S, S) and ``masks`` (B, S, S)).
@@ -110,6 +111,14 @@ def _observe_official(record: dict) -> None:
         dataset_init(self, *args, **kwargs)
         record["test_paths"] = [str(path) for path in self.x]
     medical_few.MedDataset.__init__ = observed_dataset
+    if importlib.util.find_spec("dataset.medical_zero") is not None:     # test_zero.py's
+        from dataset import medical_zero
+        zero_init = medical_zero.MedTestDataset.__init__
+
+        def observed_zero_dataset(self, *args, **kwargs):
+            zero_init(self, *args, **kwargs)
+            record["test_paths"] = [str(path) for path in self.x]
+        medical_zero.MedTestDataset.__init__ = observed_zero_dataset
 
 
 def _write_initialisation(seed: int, width: int, bottleneck: int, levels: int, path: str) -> None:

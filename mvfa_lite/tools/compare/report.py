@@ -53,7 +53,9 @@ def format_report(report: dict) -> str:
         lines += _training_lines(report["training"])
     if "speed" in report:
         lines += _speed_lines(report["speed"])
-    lines += ["", f"overall: {_mark(report['passed'])} (scores, losses and training; "
+    if "checkpoint" in report:
+        lines += _checkpoint_lines(report["checkpoint"])
+    lines += ["", f"overall: {_mark(report['passed'])} (scores, losses, training, checkpoint; "
               f"{report['seconds']:.0f} s)"]
     return "\n".join(_wrapped(line) for line in lines)
 
@@ -89,6 +91,26 @@ def _scoring_lines(report: dict) -> list[str]:
                  f"{losses['dice']['official']:.7f} vs {losses['dice']['ours']:.7f}: "
                  f"{_mark(losses['passed'])}")
     return lines
+
+
+def _checkpoint_lines(c: dict) -> list[str]:
+    lines = ["", f"checkpoint: the official .pth saved by train_few.py, scored by the official "
+             f"test script and by mvfa-lite evaluate ({c['key']}, {c['test_images']} test "
+             "images; pass: Pearson >= 0.99999, |dAUROC| <= 1e-6)",
+             f"  {'setting':<11}{'scores':<7}{'Pearson':>11}{'max |diff|':>12}"
+             f"{'AUROC official':>16}{'AUROC ours':>12}{'|dAUROC|':>10}"]
+    for setting in ("few-shot", "zero-shot"):
+        for part in ("image", "pixel"):
+            if part in c.get(setting, {}):
+                p = c[setting][part]
+                lines.append(f"  {setting if part == 'image' else '':<11}{part:<7}"
+                             f"{p['pearson']:>11.8f}{p['max_abs_diff']:>12.2e}"
+                             f"{p['auroc_official']:>16.6f}{p['auroc_ours']:>12.6f}"
+                             f"{p['auroc_diff']:>10.1e}  {_mark(p['passed'])}")
+    if "zero-shot" in c:
+        lines.append("  (test_zero.py min-max normalises its image scores over the test set and "
+                     "mvfa-lite does not: Pearson and AUROC compare them, max |diff| shows it)")
+    return lines + [f"  checkpoint: {_mark(c['passed'])}"]
 
 
 def _training_lines(t: dict) -> list[str]:

@@ -26,6 +26,7 @@ from ...method.backbone import TINY_MODEL
 from ...method.model import MVFA
 from ...outputs import atomic_write
 from ...protocols import experiment, train
+from ...protocols.official_checkpoint import adapter_state, banks_from_official  # noqa: F401
 from . import driver
 
 # the official scripts know these dataset keys; ours are staged under them
@@ -194,31 +195,6 @@ def write_clip_weights(model_name: str, path: Path, seed: int = 0) -> Path:
              for name, value in clip.state_dict().items()}
     torch.save(state, path)
     return path
-
-
-def banks_from_official(model, state: dict) -> None:
-    """Load official adapters ({'seg_adapters', 'det_adapters'} state dicts) into ``model``:
-    fc1 -> down, fc2 -> up (the last level's fc2 never gets a gradient; ours has none)."""
-    for ours, theirs in ((model.banks.seg, state["seg_adapters"]),
-                         (model.banks.det, state["det_adapters"])):
-        with torch.no_grad():
-            for level, adapter in enumerate(ours):
-                adapter.down[0].weight.copy_(theirs[f"{level}.fc1.0.weight"])
-                if adapter.up is not None:
-                    adapter.up[0].weight.copy_(theirs[f"{level}.fc2.0.weight"])
-
-
-def adapter_state(model) -> dict:
-    """mvfa-lite's adapter weights under the official names (the inverse of
-    :func:`banks_from_official`)."""
-    state = {}
-    for ours, bank in ((model.banks.seg, "seg_adapters"), (model.banks.det, "det_adapters")):
-        state[bank] = {}
-        for level, adapter in enumerate(ours):
-            state[bank][f"{level}.fc1.0.weight"] = adapter.down[0].weight.detach().cpu().clone()
-            if adapter.up is not None:
-                state[bank][f"{level}.fc2.0.weight"] = adapter.up[0].weight.detach().cpu().clone()
-    return state
 
 
 def nudge_by_one_ulp(model) -> None:

@@ -11,9 +11,16 @@ CLASS_INDEX = {"Brain": 3, "Chest": -2}
 
 class MedDataset(Dataset):
     def __init__(self, dataset_path, class_name, resize=240, shot=4, iterate=0):
-        self.root = os.path.join(dataset_path, f"{class_name}_AD")
         self.seg = CLASS_INDEX[class_name] > 0
-        self.resize, self.shot, self.class_name, self.iterate = resize, shot, class_name, iterate
+        self.shot, self.iterate = shot, iterate
+        self._test_images(dataset_path, class_name, resize)
+        self.fewshot_norm_img = self._shots("n", "good")
+        self.fewshot_abnorm_img = self._shots("a", "Ungood")
+        self.fewshot_abnorm_mask = self._shots("a", "Ungood", masks=True) if self.seg else None
+
+    def _test_images(self, dataset_path, class_name, resize):
+        self.root = os.path.join(dataset_path, f"{class_name}_AD")
+        self.resize, self.class_name = resize, class_name
         self.image = transforms.Compose([transforms.Resize((resize, resize), Image.BICUBIC),
                                          transforms.ToTensor()])
         self.mask = transforms.Compose([transforms.Resize((resize, resize), Image.NEAREST),
@@ -24,9 +31,6 @@ class MedDataset(Dataset):
             names = sorted(os.listdir(folder))
             self.x += [os.path.join(folder, name) for name in names]
             self.y += [label] * len(names)
-        self.fewshot_norm_img = self._shots("n", "good")
-        self.fewshot_abnorm_img = self._shots("a", "Ungood")
-        self.fewshot_abnorm_mask = self._shots("a", "Ungood", masks=True) if self.seg else None
 
     def _shots(self, kind, folder, masks=False):
         seed_file = f"./dataset/fewshot_seed/{self.class_name}/{self.shot}-shot.txt"
