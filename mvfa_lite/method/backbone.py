@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import open_clip
@@ -159,8 +160,10 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
         quick_gelu = bool(_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
 
     def create(weights: str | None):
-        return open_clip.create_model(model_name, pretrained=weights, force_image_size=image_size,
-                                      force_quick_gelu=quick_gelu, device="cpu")
+        with _resize_positions_in_float32():
+            return open_clip.create_model(model_name, pretrained=weights,
+                                          force_image_size=image_size,
+                                          force_quick_gelu=quick_gelu, device="cpu")
 
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
@@ -177,6 +180,28 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                     weights_random=source == "random", image_size=image_size,
                     quick_gelu=quick_gelu)
     return Backbone(clip, open_clip.get_tokenizer(model_name), identity)
+
+
+@contextmanager
+def _resize_positions_in_float32():
+    """OpenAI's weights are float16 (their .pt files, and state dicts extracted from them);
+    open_clip resizes the position grid of such a file (24x24 -> 17x17 at 240 px) with a
+    bicubic interpolation that CPU torch does not have for float16 ("compute_index_ranges_
+    weights not implemented for 'Half'"), so a file is read, its positions are made float32
+    first (the model is float32 anyway, load_state_dict would convert them)."""
+    original = open_clip.factory.resize_pos_embed
+
+    def resize(state_dict, model, *args, **kwargs):
+        old = state_dict.get("visual.positional_embedding")
+        if old is not None and old.is_floating_point() and old.dtype != torch.float32:
+            state_dict["visual.positional_embedding"] = old.float()
+        return original(state_dict, model, *args, **kwargs)
+
+    open_clip.factory.resize_pos_embed = resize
+    try:
+        yield
+    finally:
+        open_clip.factory.resize_pos_embed = original
 
 
 def _state_dict_file(path: Path) -> Path:
