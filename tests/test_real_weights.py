@@ -92,3 +92,32 @@ def test_openai_torchscript_archive_through_train(state, tmp_path):
     assert metrics["backbone"]["weights"] == str(archive)
     assert metrics["backbone"]["weights_random"] is False
     assert len(list((tmp_path / "cache").glob("*.state_dict.pt"))) == 1
+
+
+def test_notebook_helper_sees_the_cache(hf_home, monkeypatch):
+    from mvfa_lite.teaching import notebook
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hf_home / "hub"))
+    monkeypatch.setattr(notebook.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert notebook.cached(MODEL, "openai") and not notebook.cached("ViT-L-14-336", "openai")
+    assert notebook.model_settings(None, model_name=MODEL)["model_name"] == MODEL  # GPU, cache
+    assert notebook.model_settings(None)["model_name"] == "tiny-random"   # ViT-L not cached
+
+
+def test_quickstart_notebook_with_real_weights_from_the_cache(hf_home, tmp_path):
+    """notebooks/01_quickstart.ipynb, real_weights=True, offline, on the CPU, at the smallest
+    parameters it takes (its image size is the real 240 px: not a parameter)."""
+    out = tmp_path / "out"
+    parameters = dict(real_weights=True, model_name=MODEL, pretrained="openai", epochs=1,
+                      shots=1, support_split="valid", test_split="valid", device="cpu",
+                      out_dir=str(out))
+    flags = [part for k, v in parameters.items() for part in ("-p", k, str(v))]
+    run([sys.executable, "-m", "papermill", "-k", "python3", str(REPO / "notebooks" /
+         "01_quickstart.ipynb"), str(tmp_path / "run.ipynb"), *flags],
+        {**hub_env(hf_home), "MVFA_SHARED_DATA": str(tmp_path / "nothing")}, tmp_path,
+        timeout=1500)
+    executed = (tmp_path / "run.ipynb").read_text()
+    assert "real weights: ViT-B-16 (openai)" in executed and "TINY RANDOM" not in executed
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["backbone"]["weights"] == "open_clip:openai"
+    assert saved["backbone"]["weights_random"] is False
