@@ -121,3 +121,32 @@ def test_quickstart_notebook_with_real_weights_from_the_cache(hf_home, tmp_path)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["backbone"]["weights"] == "open_clip:openai"
     assert saved["backbone"]["weights_random"] is False
+
+
+@pytest.mark.skipif(not os.environ.get("MVFA_SLOW_TESTS"),
+                    reason="slow (a 0.9 GB cache of ViT-L-14-336): set MVFA_SLOW_TESTS=1")
+def test_paper_backbone_from_the_hub_cache(tmp_path):
+    """ViT-L-14-336 / openai, the paper's backbone, from its hub cache at 240 px (the 24 x 24
+    float16 position grid resized to 17 x 17) and one forward pass of MVFA."""
+    state = random_state_dict("ViT-L-14-336")
+    make_hf_cache(tmp_path / "hf", "ViT-L-14-336", "openai", state)
+    check = ("import torch; from mvfa_lite import MVFA, MVFAConfig; "
+             "m = MVFA.from_config(MVFAConfig(device='cpu')); b = m.backbone; "
+             "f = m(torch.rand(1, 3, 240, 240)); "
+             "torch.save({'conv1': b.clip.visual.conv1.weight, 'grid': b.grid, "
+             "'weights': b.identity['weights'], 'seg': f.seg[0].shape}, "
+             f"r'{tmp_path / 'loaded.pt'}')")
+    run([sys.executable, "-c", check], hub_env(tmp_path / "hf"), tmp_path)
+    loaded = torch.load(tmp_path / "loaded.pt")
+    assert loaded["grid"] == 17 and loaded["weights"] == "open_clip:openai"
+    assert tuple(loaded["seg"])[:2] == (1, 290)
+    torch.testing.assert_close(loaded["conv1"], state["visual.conv1.weight"].float())
+
+
+def test_the_offline_message_names_the_cache_folder(monkeypatch, tmp_path):
+    from mvfa_lite.errors import WeightsError
+    from mvfa_lite.method.backbone import load_backbone
+    monkeypatch.delenv("MVFA_CLIP_CHECKPOINT", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(WeightsError, match="models--timm--vit_base_patch16_clip_224.openai"):
+        load_backbone(MODEL, "openai", 224)

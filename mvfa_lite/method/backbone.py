@@ -245,13 +245,19 @@ def _create_or_explain(create, weights: str, model_name: str, tag: str) -> nn.Mo
     try:
         return create(weights)
     except Exception as error:  # network, missing file, wrong architecture: all end here
+        hub = _pretrained_cfg(model_name, tag).get("hf_hub", "").strip("/")
+        folder = f"models--{hub.replace('/', '--')}" if hub.count("/") == 1 else None
+        copy = (f" copy its whole folder {folder} from that machine's "
+                "~/.cache/huggingface/hub into this one's (or into $HF_HUB_CACHE), where open_clip "
+                "finds it offline; or") if folder else ""
         raise WeightsError(
             f"could not load CLIP weights {weights!r} for {model_name} ({type(error).__name__}: "
-            f"{error}).\nTo use a file instead: download the weights on a machine with internet "
-            f"(for example python -c \"import open_clip; open_clip.create_model('{model_name}', "
-            f"pretrained='{tag}')\", then find the file in ~/.cache/huggingface), copy it here "
-            f"and pass --clip-checkpoint FILE or set ${CHECKPOINT_ENV}=FILE. For a smoke test "
-            f"without weights use --model {TINY_MODEL}.") from None
+            f"{error}).\nTo load them without internet: download them on a machine with "
+            f"internet (for example python -c \"import open_clip; open_clip.create_model("
+            f"'{model_name}', pretrained='{tag}')\"), then{copy} find the file in "
+            f"~/.cache/huggingface, copy it here and pass --clip-checkpoint FILE or set "
+            f"${CHECKPOINT_ENV}=FILE. For a smoke test without weights use --model "
+            f"{TINY_MODEL}.") from None
 
 
 def _tiny_backbone(image_size: int) -> Backbone:
