@@ -144,6 +144,19 @@ def test_mask_paired_by_stem_when_extension_differs(tmp_path):
     assert ds[len(ds) - 1]["mask"].sum() == S * S
 
 
+def test_bmad_mask_folder_name_ungood_label(tmp_path):
+    """BMAD (and anomalib's loader) name the mask folder Ungood/label; both names work."""
+    root = make_dataset(tmp_path / "d", abnormal=2)
+    ungood = root / "test" / "Ungood"
+    (ungood / "anomaly_mask").rename(ungood / "label")
+    ds = ADDataset(root, "test", image_size=S)
+    assert ds.has_masks and all(item.mask_path.parent == ungood / "label"
+                                for item in ds.items if item.label == 1)
+    (ungood / "anomaly_mask").mkdir()
+    with raises_data_error("two mask folders", "anomaly_mask/", "label/"):
+        ADDataset(root, "test", image_size=S)
+
+
 # -- image modes -----------------------------------------------------------------------------
 
 

@@ -85,6 +85,29 @@ def test_f1_max_hand_computed():
     assert isinstance(f1, float) and isinstance(threshold, float)
 
 
+def test_pixel_f1_max_hand_computed():
+    # 8 pixels, 3 anomalous (scores 0.9, 0.6, 0.3); normal 0.7, 0.5, 0.2, 0.1, 0.1.
+    # F1 = 2 TP / (TP + FP + 3). ">= 0.9": TP 1, FP 0: 2/4 = 0.5; ">= 0.6": TP 2, FP 1: 4/6;
+    # ">= 0.3": TP 3, FP 2: 6/8 = 0.75 (best); ">= 0.1": TP 3, FP 5: 6/11.
+    masks = np.array([[[1, 0, 1, 0], [0, 1, 0, 0]]], dtype=bool)
+    maps = np.array([[[0.9, 0.7, 0.6, 0.5], [0.2, 0.3, 0.1, 0.1]]])
+    f1, threshold = metrics.pixel_curves(masks, maps, regions=False).f1_max()
+    assert (f1, threshold) == (pytest.approx(0.75), pytest.approx(0.3))
+    result = metrics.pixel_metrics(masks, maps)
+    assert (result["pixel_f1_max"], result["pixel_f1_threshold"]) == (f1, threshold)
+    # image level on the same 8 values: the same definition gives the same answer
+    assert f1_max(masks.ravel(), maps.ravel()) == (pytest.approx(f1), pytest.approx(threshold))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_pixel_f1_max_matches_the_image_definition(case):
+    masks, maps = CASES[case](3)
+    f1, threshold = metrics.pixel_curves(masks, maps, regions=False).f1_max()
+    expected_f1, expected_threshold = f1_max(masks.ravel(), maps.ravel())
+    assert f1 == pytest.approx(expected_f1, rel=1e-9)
+    assert threshold == pytest.approx(expected_threshold, rel=1e-9)
+
+
 def test_metrics_return_python_floats():
     assert type(image_auroc(HAND_LABELS, HAND_SCORES)) is float
     assert type(average_precision(HAND_LABELS, HAND_SCORES)) is float
@@ -176,7 +199,9 @@ def test_pixel_metrics_shares_one_sort_and_agrees_with_each_metric():
     masks, maps = random_pixels(3)
     assert pixel_metrics(masks, maps) == pytest.approx(
         {"pixel_auroc": pixel_auroc(masks, maps), "pixel_ap": pixel_average_precision(masks, maps),
-         "aupro": aupro(masks, maps)}, abs=1e-12)
+         "aupro": aupro(masks, maps),
+         **dict(zip(("pixel_f1_max", "pixel_f1_threshold"), f1_max(masks.ravel(), maps.ravel())))},
+        abs=1e-12)
 
 
 # --------------------------------------------------------------------------- AUPRO
@@ -343,7 +368,7 @@ def test_pixel_masks_must_be_binary(metric):
 # --------------------------------------------------------------------------- summarize
 
 IMAGE_KEYS = {"image_auroc", "image_ap", "image_f1_max", "image_f1_threshold"}
-PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "aupro"}
+PIXEL_KEYS = {"pixel_auroc", "pixel_ap", "pixel_f1_max", "pixel_f1_threshold", "aupro"}
 
 
 def test_summarize_image_only():

@@ -5,7 +5,8 @@ Every dataset split is a folder of this shape::
     <root>/<split>/good/img/*              normal images
     <root>/<split>/Ungood/img/*            abnormal images
     <root>/<split>/Ungood/anomaly_mask/*   binary masks, same file name as the image
-                                           (only for datasets with pixel labels)
+                                           (only for datasets with pixel labels; BMAD's
+                                           own name for it, Ungood/label/, works too)
 
 BMAD ships the splits ``valid`` and ``test``; the small embedded sets of this project have a
 single split called ``embedded``.
@@ -61,8 +62,19 @@ ABNORMAL = 1
 LAYOUT = (
     "<root>/<split>/good/img/*              normal images\n"
     "<root>/<split>/Ungood/img/*            abnormal images\n"
-    "<root>/<split>/Ungood/anomaly_mask/*   binary masks (optional), same file names as Ungood/img"
+    "<root>/<split>/Ungood/anomaly_mask/*   binary masks (optional), same file names as Ungood/img\n"
+    "                                       (or Ungood/label/*, BMAD's name)"
 )
+MASK_FOLDERS = ("anomaly_mask", "label")   # MVFA's name, BMAD's (and anomalib's) name
+
+
+def _mask_folder(abnormal: Path) -> Path:
+    """Ungood/anomaly_mask or BMAD's Ungood/label, whichever exists (not both)."""
+    found = [abnormal / name for name in MASK_FOLDERS if (abnormal / name).is_dir()]
+    if len(found) > 1:
+        raise DataError(f"{abnormal} has two mask folders, {found[0].name}/ and "
+                        f"{found[1].name}/; keep one (they are two names for the same thing).")
+    return found[0] if found else abnormal / MASK_FOLDERS[0]
 
 
 @dataclass(frozen=True)
@@ -217,7 +229,7 @@ class ADDataset(Dataset):
         split_dir = self._find_split_dir()
         normal_dir = split_dir / "good" / "img"
         abnormal_dir = split_dir / "Ungood" / "img"
-        mask_dir = split_dir / "Ungood" / "anomaly_mask"
+        mask_dir = _mask_folder(split_dir / "Ungood")
         for folder in (normal_dir, abnormal_dir):
             if not folder.is_dir():
                 raise DataError(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import open_clip
@@ -159,8 +160,10 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
         quick_gelu = bool(_pretrained_cfg(model_name, pretrained).get("quick_gelu", False))
 
     def create(weights: str | None):
-        return open_clip.create_model(model_name, pretrained=weights, force_image_size=image_size,
-                                      force_quick_gelu=quick_gelu, device="cpu")
+        with _resize_positions_in_float32():
+            return open_clip.create_model(model_name, pretrained=weights,
+                                          force_image_size=image_size,
+                                          force_quick_gelu=quick_gelu, device="cpu")
 
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
@@ -177,6 +180,28 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                     weights_random=source == "random", image_size=image_size,
                     quick_gelu=quick_gelu)
     return Backbone(clip, open_clip.get_tokenizer(model_name), identity)
+
+
+@contextmanager
+def _resize_positions_in_float32():
+    """OpenAI's weights are float16 (their .pt files, and state dicts extracted from them);
+    open_clip resizes the position grid of such a file (24x24 -> 17x17 at 240 px) with a
+    bicubic interpolation that CPU torch does not have for float16 ("compute_index_ranges_
+    weights not implemented for 'Half'"), so a file is read, its positions are made float32
+    first (the model is float32 anyway, load_state_dict would convert them)."""
+    original = open_clip.factory.resize_pos_embed
+
+    def resize(state_dict, model, *args, **kwargs):
+        old = state_dict.get("visual.positional_embedding")
+        if old is not None and old.is_floating_point() and old.dtype != torch.float32:
+            state_dict["visual.positional_embedding"] = old.float()
+        return original(state_dict, model, *args, **kwargs)
+
+    open_clip.factory.resize_pos_embed = resize
+    try:
+        yield
+    finally:
+        open_clip.factory.resize_pos_embed = original
 
 
 def _state_dict_file(path: Path) -> Path:
@@ -220,13 +245,19 @@ def _create_or_explain(create, weights: str, model_name: str, tag: str) -> nn.Mo
     try:
         return create(weights)
     except Exception as error:  # network, missing file, wrong architecture: all end here
+        hub = _pretrained_cfg(model_name, tag).get("hf_hub", "").strip("/")
+        folder = f"models--{hub.replace('/', '--')}" if hub.count("/") == 1 else None
+        copy = (f" copy its whole folder {folder} from that machine's "
+                "~/.cache/huggingface/hub into this one's (or into $HF_HUB_CACHE), where open_clip "
+                "finds it offline; or") if folder else ""
         raise WeightsError(
             f"could not load CLIP weights {weights!r} for {model_name} ({type(error).__name__}: "
-            f"{error}).\nTo use a file instead: download the weights on a machine with internet "
-            f"(for example python -c \"import open_clip; open_clip.create_model('{model_name}', "
-            f"pretrained='{tag}')\", then find the file in ~/.cache/huggingface), copy it here "
-            f"and pass --clip-checkpoint FILE or set ${CHECKPOINT_ENV}=FILE. For a smoke test "
-            f"without weights use --model {TINY_MODEL}.") from None
+            f"{error}).\nTo load them without internet: download them on a machine with "
+            f"internet (for example python -c \"import open_clip; open_clip.create_model("
+            f"'{model_name}', pretrained='{tag}')\"), then{copy} find the file in "
+            f"~/.cache/huggingface, copy it here and pass --clip-checkpoint FILE or set "
+            f"${CHECKPOINT_ENV}=FILE. For a smoke test without weights use --model "
+            f"{TINY_MODEL}.") from None
 
 
 def _tiny_backbone(image_size: int) -> Backbone:

@@ -3,7 +3,10 @@
 Zero-shot branch: compare each adapted patch feature with the normal/abnormal text vectors.
 Few-shot branch: compare it with a memory bank of adapted features of normal shots; the
 cosine distance to the nearest one is the anomaly score. Fusion: min-max normalise each
-branch over the test set and mix them, beta * zero + (1 - beta) * few.
+branch over the test set and mix them, beta * zero + (1 - beta) * few. With ``bounds`` (the
+min and max of each branch over a reference set, :func:`branch_bounds`, kept in the
+checkpoint at train time) the same mapping is applied to new images, so that one image's
+score no longer depends on the others scored with it.
 
 The final image score follows the protocol's rule (:func:`final_scores`):
 
@@ -116,27 +119,45 @@ def few_shot(features: Features, bank: MemoryBank, size: int, chunk: int = 4096)
 
 
 # --- fusion ----------------------------------------------------------------------------
-def min_max(values: torch.Tensor) -> torch.Tensor:
-    """Scale to [0, 1] with one min and one max over the whole tensor (the test set)."""
-    low, high = values.min(), values.max()
+BRANCH_KEYS = ("zero_map", "zero_det", "few_map", "few_det")
+
+
+def branch_bounds(raw: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """The [min, max] of each raw branch output (BRANCH_KEYS present in ``raw``) over a set."""
+    return {key: [float(raw[key].min()), float(raw[key].max())]
+            for key in BRANCH_KEYS if raw.get(key) is not None}
+
+
+def min_max(values: torch.Tensor, bounds=None) -> torch.Tensor:
+    """Scale to [0, 1] with one min and one max over the whole tensor (the test set), or
+    with given ``bounds`` = (min, max) of a reference set (values may then leave [0, 1])."""
+    low, high = (values.min(), values.max()) if bounds is None else \
+        (torch.tensor(float(b)) for b in bounds)
     return (values - low) / (high - low).clamp_min(1e-12)
 
 
-def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5, zero_bounds=None,
+         few_bounds=None) -> torch.Tensor:
     """beta * normalised zero-shot + (1 - beta) * normalised few-shot."""
-    return beta * min_max(zero) + (1 - beta) * min_max(few)
+    return beta * min_max(zero, zero_bounds) + (1 - beta) * min_max(few, few_bounds)
 
 
 def final_scores(zero_map: torch.Tensor, zero_det: torch.Tensor, few_map: torch.Tensor | None,
-                 few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float):
+                 few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float,
+                 bounds: dict | None = None):
     """Maps (N, S, S) and det scores (N,) of a whole test set, per branch (few-shot ones None
-    without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``."""
+    without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``.
+    ``bounds``: fixed normalisation (:func:`branch_bounds` of a reference set) instead of
+    this set's own; the maps are then clipped to [0, 1], the image scores are not."""
     if rule not in IMAGE_SCORE_RULES:               # MVFAConfig.validate refuses these first
         raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
+    given = bounds or {}
     few = few_map is not None
     if few:
-        maps, det = fuse(zero_map, few_map, beta), fuse(zero_det, few_det, beta)
+        maps = fuse(zero_map, few_map, beta, given.get("zero_map"), given.get("few_map"))
+        det = fuse(zero_det, few_det, beta, given.get("zero_det"), given.get("few_det"))
     else:
-        maps, det = min_max(zero_map), zero_det
+        maps, det = min_max(zero_map, given.get("zero_map")), zero_det
     use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
-    return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps
+    scores = maps.flatten(1).amax(dim=1) if use_map_max else det
+    return scores, (maps.clamp(0, 1) if bounds else maps)

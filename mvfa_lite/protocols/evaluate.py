@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import MetricError
-from ..method.branches import MemoryBank, few_shot, final_scores, zero_shot
+from ..method.branches import MemoryBank, branch_bounds, few_shot, final_scores, zero_shot
 from ..method.model import MVFA
 from ..runtime import autocast, loader_workers, show_progress
 from . import metrics
@@ -30,6 +30,9 @@ class Scores:
     maps: torch.Tensor                # (N, S, S) pixel anomaly map in [0, 1]
     masks: torch.Tensor | None        # (N, S, S) ground truth, None without masks
     branches: dict[str, torch.Tensor] = field(default_factory=dict)  # raw per-image scores
+    # the [min, max] of each raw branch the scores were normalised with (this set's own, or
+    # the checkpoint's when scored with fixed bounds); see method.branches.branch_bounds
+    bounds: dict[str, list[float]] = field(default_factory=dict)
 
 
 class StemSet:
@@ -87,11 +90,13 @@ def build_memory_bank(model: MVFA, normal_images: torch.Tensor | None = None,
 def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | None = None,
                   has_masks: bool | None = None, batch_size: int = 32,
                   num_workers: int | None = None, keep_raw_maps: bool = False,
-                  progress: bool = True, description: str = "scoring") -> Scores:
+                  progress: bool = True, description: str = "scoring",
+                  bounds: dict | None = None) -> Scores:
     """Run both branches over ``dataset`` (items: dict with image, and label/mask if known).
 
     ``Scores.branches`` holds each branch's raw image scores; with ``keep_raw_maps`` also its
     raw maps (zero_map, few_map), e.g. to re-fuse with another beta without scoring again.
+    ``bounds``: normalise with these (a checkpoint's calibration) instead of the set's own.
     """
     config, size = model.config, model.config.image_size
     has_masks = getattr(dataset, "has_masks", False) if has_masks is None else has_masks
@@ -123,10 +128,11 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
     raw = {key: torch.cat(values) for key, values in gathered.items() if values}
     image_scores, maps = final_scores(raw["zero_map"], raw["zero_det"], raw.get("few_map"),
                                       raw.get("few_det"), has_masks, config.image_score,
-                                      config.beta)
+                                      config.beta, bounds)
     kept = ("zero_det", "few_det") + (("zero_map", "few_map") if keep_raw_maps else ())
     branches = {key: raw[key] for key in kept if key in raw}
-    return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches)
+    return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches,
+                  dict(bounds) if bounds else branch_bounds(raw))
 
 
 def compute_metrics(scores: Scores, device: str | torch.device | None = None,
@@ -155,19 +161,25 @@ def compute_metrics(scores: Scores, device: str | torch.device | None = None,
 
 
 def save_scores(scores: Scores, folder: str | Path, maps: bool = False,
-                overlays: list[str] | None = None) -> Path:
-    """Write scores.csv (path, label (-1: unknown), score, raw branch scores, and the overlay
+                overlays: list[str] | None = None, threshold: float | None = None) -> Path:
+    """Write scores.csv (path, label (-1: unknown), score, raw branch scores; with
+    ``threshold``: anomalous (yes when score >= threshold) and the threshold; and the overlay
     picture's file name when ``overlays`` are given) and, optionally, maps.npz."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "scores.csv"
+    decided = threshold is not None
     with open(target, "w", newline="") as handle:
         writer = csv.writer(handle)
         per_image = {k: v for k, v in scores.branches.items() if v.dim() == 1}
-        writer.writerow(["path", "label", "score", *per_image] + ["overlay"] * bool(overlays))
+        writer.writerow(["path", "label", "score", *per_image] + ["anomalous", "threshold"] *
+                        decided + ["overlay"] * bool(overlays))
         for i, path in enumerate(scores.paths):
-            writer.writerow([path, int(scores.labels[i]), f"{float(scores.image_scores[i]):.6g}",
+            score = float(scores.image_scores[i])
+            writer.writerow([path, int(scores.labels[i]), f"{score:.6g}",
                              *(f"{float(v[i]):.6g}" for v in per_image.values()),
+                             *(["yes" if score >= threshold else "no", f"{threshold:.6g}"]
+                               if decided else []),
                              *([overlays[i]] if overlays else [])])
     if maps:
         np.savez_compressed(folder / "maps.npz", maps=scores.maps.half().numpy(),

@@ -20,6 +20,7 @@ killed at any moment leaves the previous complete result.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from ..data.folder import ImageFolder
 from ..data.images import image_to_tensor, load_image, overlay
 from ..data.layout import ADDataset
 from ..data.shots import normal_bank_images, select_shots, shot_set, split_off_shots
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError, DataWarning
 from ..method.backbone import patch_size
 from ..method.model import MVFA
 from ..method.prompts import PROMPT_SETS, object_name
@@ -217,7 +218,8 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult | None,
         with output.writing() as folder:     # swapped in whole once every file is written
             if save_adapters:
                 save_checkpoint(model, folder / "adapters.pth", dataset=facts["dataset"],
-                                normal_shots=facts.get("normal_shots", []))
+                                normal_shots=facts.get("normal_shots", []),
+                                calibration=calibration(scores, metrics))
             save_scores(scores, folder, maps=save_maps)
             write_json(folder / "metrics.json", summary)
     return Run(model, metrics, scores, result, summary)
@@ -234,6 +236,18 @@ def read_any(checkpoint, official: dict | None = None) -> dict:
     if not options.get("setting"):
         options["setting"] = "few-shot" if options.get("seed_file") else "zero-shot"
     return official_payload(checkpoint, **{k: v for k, v in options.items() if v is not None})
+
+
+def calibration(scores: Scores, metrics: dict) -> dict:
+    """What ``predict`` needs to score one image on its own, fixed at train time on the test
+    split the run evaluated (the one labelled set every run has with both classes; the
+    validation images are often too few or absent): each branch's [min, max] there, and the
+    image-level F1-max threshold on those scores (pixel-level too, when there are masks).
+    The threshold is fit on those labelled images; a yes/no on them is therefore optimistic.
+    """
+    return dict(bounds=scores.bounds, threshold=metrics["image_f1_threshold"],
+                pixel_threshold=metrics.get("pixel_f1_threshold"), images=len(scores.paths),
+                fitted_on="the test split this run evaluated (F1-max threshold)")
 
 
 def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_bank: bool = True,
@@ -293,29 +307,40 @@ def evaluate_checkpoint(checkpoint, root, *, split: str | None = None, out=None,
 
 
 def predict(checkpoint, images, *, out, object_word: str | None = None, clip_checkpoint=None,
-            device: str = "auto", allow_other_weights: bool = False,
+            device: str = "auto", allow_other_weights: bool = False, relative: bool = False,
             progress: bool = True, official: dict | None = None) -> Scores:
     """Heat maps and scores for a folder of unlabelled images (or one image): one overlay
-    PNG per image and scores.csv in ``out``. Scores and maps are min-max normalised over
-    the images given. ``object_word``: for the prompts (default: the checkpoint's dataset).
-    ``official``: for an official MVFA .pth (:func:`read_any`; few-shot needs its ``data``).
-    For research use only, not for clinical use."""
+    PNG per image and scores.csv in ``out``. Scores are calibrated: normalised with the
+    branch statistics the checkpoint fixed at train time (:func:`calibration`), so each
+    image is judged on its own, and scores.csv says ``anomalous`` yes/no at the checkpoint's
+    threshold. ``relative=True`` (or a checkpoint without calibration, which warns)
+    min-max normalises over the images given instead, with no yes/no. ``object_word``: for
+    the prompts (default: the checkpoint's dataset). ``official``: for an official MVFA .pth
+    (:func:`read_any`; few-shot needs its ``data``). For research use only, not for
+    clinical use."""
     output = OutputFolder(out, "predict", PREDICT_FILES, inputs=[images])
     model, bank, payload = load_trained(checkpoint, clip_checkpoint, device,
                                         allow_other_weights=allow_other_weights,
                                         official=official)
     if progress:
         print(weights_banner(model))
+    fixed = payload.get("calibration")
+    if not relative and not fixed:
+        warnings.warn(f"{checkpoint} holds no calibration (trained before mvfa-lite kept one): "
+                      "scores are relative to the images given, with no yes/no; retrain "
+                      "for calibrated scores", DataWarning)
+    fixed = None if relative else fixed
     folder = ImageFolder(images, model.config.image_size, exclude=[output.path])
     folder.check(smallest_side(model.config), progress)
     text = model.text_features(object_word or object_name(payload.get("dataset", "")))
     scores = score_dataset(model, folder, text, bank, has_masks=False, progress=progress,
-                           description="predicting")
+                           description="predicting", bounds=fixed and fixed["bounds"])
     with output.writing() as staging:
         pictures = [f"{i:05d}_{Path(path).stem}.png" for i, path in enumerate(scores.paths)]
         for i, picture in enumerate(pictures):
             overlay(folder[i]["image"], scores.maps[i]).save(staging / picture)
-        save_scores(scores, staging, overlays=pictures)
+        save_scores(scores, staging, overlays=pictures,
+                    threshold=fixed["threshold"] if fixed else None)
     return scores
 
 

@@ -183,6 +183,7 @@ class _SortedCounts:
     anomalous_at: np.ndarray
     order: np.ndarray
     finite: bool            # False when a score is NaN or +-inf
+    values: np.ndarray      # the distinct anomalous scores p, increasing
 
 
 def _sorted_counts(normal, anomalous) -> _SortedCounts:
@@ -195,7 +196,8 @@ def _sorted_counts(normal, anomalous) -> _SortedCounts:
         ends = torch.stack([normal[0], normal[-1], anomalous[0], anomalous[-1]])
         below, up_to = (torch.searchsorted(normal, values, side=side) for side in ("left", "right"))
         return _SortedCounts(below.cpu().numpy(), up_to.cpu().numpy(), at.cpu().numpy(),
-                             order.cpu().numpy(), bool(torch.isfinite(ends).all()))
+                             order.cpu().numpy(), bool(torch.isfinite(ends).all()),
+                             values.double().cpu().numpy())
     normal.sort()
     order = np.argsort(anomalous)
     anomalous = anomalous[order]
@@ -204,7 +206,7 @@ def _sorted_counts(normal, anomalous) -> _SortedCounts:
     ends = np.array([normal[0], normal[-1], anomalous[0], anomalous[-1]])
     return _SortedCounts(np.searchsorted(normal, values, side="left"),
                          np.searchsorted(normal, values, side="right"), at, order,
-                         bool(np.isfinite(ends).all()))
+                         bool(np.isfinite(ends).all()), values.astype(np.float64))
 
 
 def _region_weights(masks: np.ndarray) -> tuple[np.ndarray, int]:
@@ -233,6 +235,7 @@ class PixelCurves:
     normal: int                  # normal pixels
     anomalous: int               # anomalous pixels
     regions: int                 # ground-truth regions (0 when not counted)
+    thresholds: np.ndarray       # (U,) the distinct anomalous scores p, highest first
 
     @property
     def fpr(self) -> np.ndarray:
@@ -249,6 +252,14 @@ class PixelCurves:
 
     def aupro(self, fpr_limit: float = 0.3) -> float:
         return _area_up_to(self.fpr, self.overlap / self.regions, fpr_limit) / fpr_limit
+
+    def f1_max(self) -> tuple[float, float]:
+        """Best pixel F1 over the thresholds "score >= p" (F1 can only peak at the score of
+        an anomalous pixel), and that p; of equal F1s the lowest p, as :func:`f1_max`."""
+        tp, fp = self.true_positives[2:-1:2], self.false_positives[2:-1:2]   # (U,) each
+        f1 = 2 * tp / (tp + fp + self.anomalous)       # = 2PR / (P + R)
+        best = len(f1) - 1 - int(np.argmax(f1[::-1]))
+        return float(f1[best]), float(self.thresholds[best])
 
 
 def pixel_curves(masks: ArrayLike, maps: ArrayLike, regions: bool = True,
@@ -286,7 +297,7 @@ def pixel_curves(masks: ArrayLike, maps: ArrayLike, regions: bool = True,
 
     return PixelCurves(corners(fp_above, fp_at, n_normal), corners(tp_above, tp_at, n_anomalous),
                        corners(overlap_above, overlap_at, n_regions), n_normal, n_anomalous,
-                       n_regions)
+                       n_regions, counts.values[::-1].copy())
 
 
 def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
@@ -333,9 +344,12 @@ def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
 
 def pixel_metrics(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3,
                   regions: bool = True) -> dict[str, float]:
-    """pixel_auroc, pixel_ap and (unless ``regions=False``) aupro from one sort of the pixels."""
+    """pixel_auroc, pixel_ap, pixel_f1_max with its threshold (a pixel is anomalous when its
+    score >= the threshold) and (unless ``regions=False``) aupro, from one sort of the pixels."""
     curves = pixel_curves(masks, maps, regions=regions)
-    result = {"pixel_auroc": curves.auroc(), "pixel_ap": curves.average_precision()}
+    f1, threshold = curves.f1_max()
+    result = {"pixel_auroc": curves.auroc(), "pixel_ap": curves.average_precision(),
+              "pixel_f1_max": f1, "pixel_f1_threshold": threshold}
     return result | ({"aupro": curves.aupro(fpr_limit)} if regions else {})
 
 
@@ -362,8 +376,8 @@ def summarize(
     """All metrics in one dict.
 
     Always: image_auroc, image_ap, image_f1_max, image_f1_threshold. When ``masks`` is given
-    and contains anomalous pixels, also pixel_auroc, pixel_ap and (unless ``regions=False``)
-    aupro (``maps`` required); otherwise :func:`pixel_metrics_absent` says why they are missing.
+    and contains anomalous pixels, also pixel_auroc, pixel_ap, pixel_f1_max,
+    pixel_f1_threshold and (unless ``regions=False``) aupro (``maps`` required); otherwise :func:`pixel_metrics_absent` says why they are missing.
     """
     f1, threshold = f1_max(labels, image_scores)
     result = {

@@ -1,8 +1,9 @@
 """The notebooks' one switch between real CLIP weights and the tiny random-weight ViT.
 
 ``real_weights = None`` (the default of every notebook) means: real OpenAI CLIP ViT-L/14@336
-when a CUDA GPU is there and the weights can be had (internet, or ``MVFA_CLIP_CHECKPOINT``);
-otherwise the tiny random ViT, said loudly. ``True`` / ``False`` force one or the other.
+when a CUDA GPU is there and the weights can be had (internet, open_clip's earlier download in
+the Hugging Face cache, or ``MVFA_CLIP_CHECKPOINT``); otherwise the tiny random ViT, said
+loudly. ``True`` / ``False`` force one or the other.
 """
 from __future__ import annotations
 
@@ -28,6 +29,23 @@ def online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
         return False
 
 
+def cached(model_name: str, tag: str) -> bool:
+    """True if open_clip's download of ``model_name`` / ``tag`` is in the Hugging Face cache
+    (``$HF_HUB_CACHE``, default ``~/.cache/huggingface/hub``), so it loads offline."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        hub = (open_clip.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub", "")
+    except Exception:  # an unknown model or tag: nothing is cached for it
+        return False
+    repo, filename = os.path.split(hub)
+    if not repo:
+        return False
+    names = [filename] if filename else ["open_clip_model.safetensors",
+                                         "open_clip_pytorch_model.bin"]
+    return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
+
+
 def model_settings(real_weights: bool | None = None, *, tiny: dict | None = None,
                    **explicit) -> dict:
     """MVFAConfig fields for the backbone and schedule, printed with the reason.
@@ -38,16 +56,20 @@ def model_settings(real_weights: bool | None = None, *, tiny: dict | None = None
     epochs, image_size), where ``None`` values are ignored.
     """
     gpu = torch.cuda.is_available()
-    reachable = bool(os.environ.get("MVFA_CLIP_CHECKPOINT")) or online()
+    chosen = {k: v for k, v in explicit.items() if v is not None}
+    wanted = {**REAL, **chosen}
+    reachable = bool(os.environ.get("MVFA_CLIP_CHECKPOINT")) or \
+        cached(wanted["model_name"], wanted["pretrained"]) or online()
     real = real_weights if real_weights is not None else gpu and reachable
-    settings = {**(REAL if real else {**TINY, **(tiny or {})}),
-                **{k: v for k, v in explicit.items() if v is not None}}
+    settings = wanted if real else {**TINY, **(tiny or {}), **chosen}
     if real:
         print(f"real weights: {settings['model_name']} ({settings['pretrained']}), "
               f"{settings.get('epochs', '-')} epochs, {'GPU' if gpu else 'CPU (slow)'}")
     else:
         why = "asked for" if real_weights is False else \
-            "no GPU" if not gpu else "no internet and no MVFA_CLIP_CHECKPOINT"
+            "no GPU" if not gpu else \
+            "no internet, nothing in the Hugging Face cache and no MVFA_CLIP_CHECKPOINT"
         print(f"TINY RANDOM-WEIGHT ViT ({why}): numbers test the code and are NOT results. "
-              "Set real_weights = True for OpenAI CLIP ViT-L/14@336 (GPU and internet).")
+              "Set real_weights = True for OpenAI CLIP ViT-L/14@336 (GPU; internet, the "
+              "Hugging Face cache, or a weights file in MVFA_CLIP_CHECKPOINT).")
     return settings

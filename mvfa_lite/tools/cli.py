@@ -202,8 +202,10 @@ def _evaluate(args) -> int:
 def _add_predict(commands) -> None:
     parser = commands.add_parser("predict", help="heat maps and scores for a folder of images",
                                   description="Score unlabelled images: writes one overlay PNG "
-                                  "per image and scores.csv. Scores and maps are min-max "
-                                  "normalised over the folder, so score a batch, not one image.")
+                                  "per image and scores.csv. Scores are calibrated with the "
+                                  "normalisation and F1-max threshold the checkpoint fixed on "
+                                  "its test split at train time, so one image can be judged on "
+                                  "its own; scores.csv says anomalous yes/no at that threshold.")
     parser.add_argument("checkpoint")
     parser.add_argument("images", help="a folder of images (searched recursively) or one image")
     parser.add_argument("--out", default="predictions")
@@ -213,6 +215,9 @@ def _add_predict(commands) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     add_official_options(parser)
+    parser.add_argument("--relative", action="store_true",
+                        help="min-max normalise over the images given instead (scores relative "
+                        "to each other; no yes/no)")
     parser.set_defaults(handler=_predict)
 
 
@@ -220,7 +225,7 @@ def _predict(args) -> int:
     from ..protocols.experiment import predict
     scores = predict(args.checkpoint, args.images, out=args.out, object_word=args.object,
                      clip_checkpoint=args.clip_checkpoint, device=args.device,
-                     allow_other_weights=args.allow_other_weights,
+                     allow_other_weights=args.allow_other_weights, relative=args.relative,
                      official=official_options(args))
     print(f"{len(scores.paths)} overlays and scores.csv written to {args.out}")
     return 0
