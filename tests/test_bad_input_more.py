@@ -1,0 +1,145 @@
+"""Issue 24, the bad-input audit's remaining cases: each one stops with one line naming the
+setting or file and the fix (exit 2, before any training), or warns, and leaves what is on
+disk as it was."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mvfa_lite import outputs
+from mvfa_lite.errors import OutputError
+from mvfa_lite.outputs import (EVALUATE_FILES, OUTPUT_MARKER, PREDICT_FILES, TRAIN_FILES,
+                               OutputFolder, write_json)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+# --- 1. never delete what mvfa-lite did not write ----------------------------------------
+
+@pytest.mark.parametrize("command, owns, name", [
+    ("predict", PREDICT_FILES, "00000_patient_A.png"),
+    ("train", TRAIN_FILES, "maps.npz"),
+    ("evaluate", EVALUATE_FILES, "scores.csv"),
+])
+def test_a_users_file_named_like_an_output_is_never_replaced(tmp_path, command, owns, name):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_bytes(b"the user's own")
+    (out / "notes.txt").write_text("mine too")
+    before = snapshot(out)
+    with pytest.raises(OutputError) as info:
+        OutputFolder(out, command, owns)
+    line = str(info.value)
+    assert f"--out {out} holds {name}" in line and "not written by mvfa-lite" in line
+    assert "\n" not in line
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_a_folder_without_marker_keeps_other_files_beside_the_results(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with OutputFolder(out, "predict", PREDICT_FILES).writing() as staging:
+        (staging / "00000_a.png").write_bytes(b"png")
+        (staging / "scores.csv").write_text("s")
+    assert snapshot(out)["notes.txt"] == b"mine"
+    marker = json.loads((out / OUTPUT_MARKER).read_text())
+    assert marker["files"] == ["00000_a.png", "scores.csv"]        # notes.txt not claimed
+
+
+def test_only_the_files_the_marker_lists_are_cleaned(tmp_path):
+    out = tmp_path / "run"
+    with OutputFolder(out, "predict", PREDICT_FILES).writing() as staging:
+        (staging / "00000_a.png").write_bytes(b"old overlay")
+        (staging / "00001_b.png").write_bytes(b"old overlay")
+        (staging / "scores.csv").write_text("old")
+    with OutputFolder(out, "predict", PREDICT_FILES).writing() as staging:   # fewer images
+        (staging / "00000_c.png").write_bytes(b"new overlay")
+        (staging / "scores.csv").write_text("new")
+    assert sorted(snapshot(out)) == [OUTPUT_MARKER, "00000_c.png", "scores.csv"]
+    (out / "00007_users.png").write_bytes(b"user")           # added by hand afterwards
+    with pytest.raises(OutputError, match="holds 00007_users.png"):
+        OutputFolder(out, "predict", PREDICT_FILES)
+    assert (out / "00007_users.png").read_bytes() == b"user"
+
+
+def test_the_marker_keeps_listing_another_commands_results(tmp_path):
+    out = tmp_path / "run"
+    with OutputFolder(out, "train", TRAIN_FILES).writing() as staging:
+        for name in TRAIN_FILES:
+            (staging / name).write_text(f"train {name}")
+    with OutputFolder(out, "evaluate", EVALUATE_FILES).writing() as staging:
+        (staging / "metrics.json").write_text("evaluated")
+    marker = json.loads((out / OUTPUT_MARKER).read_text())
+    assert marker["files"] == ["adapters.pth", "metrics.json"] and marker["command"] == "evaluate"
+    with OutputFolder(out, "train", TRAIN_FILES).writing() as staging:  # train again: fine
+        (staging / "adapters.pth").write_text("new")
+    assert sorted(snapshot(out)) == [OUTPUT_MARKER, "adapters.pth"]
+
+
+# --- 5. a full disk, a quota, a file size limit -------------------------------------------
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_a_full_disk_keeps_the_earlier_result(tmp_path, code):
+    out = tmp_path / "run"
+    with OutputFolder(out, "train", TRAIN_FILES).writing() as staging:
+        (staging / "metrics.json").write_text("old")
+    before = snapshot(out)
+    with pytest.raises(OutputError) as info:
+        with OutputFolder(out, "train", TRAIN_FILES).writing():
+            raise OSError(code, os.strerror(code))
+    assert str(info.value).startswith(f"cannot write the results into {out}: ")
+    assert "earlier result there is kept" in str(info.value)
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    write_json(tmp_path / "result.json", {"old": 1})
+    with pytest.raises(OutputError, match=r"cannot write result.json into .*: .*earlier"):
+        with outputs.atomic_write(tmp_path / "result.json"):
+            raise OSError(code, os.strerror(code))
+    assert json.loads((tmp_path / "result.json").read_text()) == {"old": 1}
+
+
+FILE_SIZE_LIMIT = r"""
+import resource, signal, sys
+from mvfa_lite.outputs import OutputFolder, TRAIN_FILES, write_json
+from mvfa_lite.errors import OutputError
+from mvfa_lite.tools.cli import main
+out = sys.argv[1]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # so that write() raises EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+try:
+    with OutputFolder(out, "train", TRAIN_FILES).writing() as staging:
+        (staging / "adapters.pth").write_bytes(b"x" * 5000)
+except OutputError as error:
+    print(error)
+try:
+    write_json(out + "/result.json", {"big": "y" * 5000})
+except OutputError as error:
+    print(error)
+"""
+
+
+def test_a_file_size_limit_keeps_the_earlier_result(tmp_path):
+    out = tmp_path / "run"
+    with OutputFolder(out, "train", TRAIN_FILES).writing() as staging:
+        (staging / "adapters.pth").write_text("old")
+    write_json(out / "result.json", {"old": 1})
+    before = snapshot(out)
+    done = subprocess.run([sys.executable, "-c", FILE_SIZE_LIMIT, str(out)], text=True,
+                          capture_output=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"cannot write the results into {out}: File too large")
+    assert lines[1].startswith(f"cannot write result.json into {out}: File too large")
+    assert snapshot(out) == before
