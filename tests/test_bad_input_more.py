@@ -143,3 +143,28 @@ def test_a_file_size_limit_keeps_the_earlier_result(tmp_path):
     assert lines[0].startswith(f"cannot write the results into {out}: File too large")
     assert lines[1].startswith(f"cannot write result.json into {out}: File too large")
     assert snapshot(out) == before
+
+
+# --- 3. caches keyed by content -----------------------------------------------------------
+
+def test_converted_weights_are_keyed_by_content_not_name_and_size(tmp_path, monkeypatch):
+    """Two OpenAI-style TorchScript files of the same name and size, other weights: each
+    loads its own (the cache used to hand the second the first one's weights)."""
+    import open_clip
+    import torch
+    from torchscript_clip import save_torchscript
+
+    from mvfa_lite.method.backbone import load_backbone
+    monkeypatch.setenv("MVFA_CACHE", str(tmp_path / "cache"))
+    loaded = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        native = open_clip.create_model("ViT-S-16", pretrained=None)
+        path = tmp_path / f"copy{seed}" / "ViT-S-16.pt"
+        path.parent.mkdir()
+        save_torchscript(native, path)
+        backbone = load_backbone("ViT-S-16", "openai-file", 224, checkpoint=path)
+        torch.testing.assert_close(backbone.clip.visual.conv1.weight, native.visual.conv1.weight)
+        loaded.append(path.stat().st_size)
+    assert loaded[0] == loaded[1]                                   # same name, same size
+    assert len(list((tmp_path / "cache").glob("ViT-S-16-*.state_dict.pt"))) == 2

@@ -14,6 +14,7 @@ pipeline in seconds on a CPU.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 import zipfile
@@ -181,12 +182,14 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
 
 def _state_dict_file(path: Path) -> Path:
     """OpenAI's own files (e.g. ViT-L-14-336px.pt) are TorchScript archives, which recent
-    torch refuses to load as weights; their state dict is extracted once, next to the cache."""
+    torch refuses to load as weights; their state dict is extracted once into the cache
+    (``$MVFA_CACHE``, else ~/.cache/mvfa-lite), keyed by a hash of the file's contents, so
+    another file of the same name and size never gets this one's weights."""
     if not zipfile.is_zipfile(path) or not any(
             name.endswith("constants.pkl") for name in zipfile.ZipFile(path).namelist()):
         return path                                    # a plain state dict
     cache = Path(os.environ.get("MVFA_CACHE", Path.home() / ".cache" / "mvfa-lite"))
-    target = cache / f"{path.stem}-{path.stat().st_size}.state_dict.pt"
+    target = cache / f"{path.stem}-{_content_hash(path)}.state_dict.pt"
     if not target.exists():
         with warnings.catch_warnings():            # "torch.jit.load is deprecated"
             warnings.simplefilter("ignore", FutureWarning)
@@ -196,6 +199,15 @@ def _state_dict_file(path: Path) -> Path:
         with atomic_write(target) as temporary:
             torch.save(state, temporary)
     return target
+
+
+def _content_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256 (read in 8 MiB pieces)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for piece in iter(lambda: stream.read(8 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()[:16]
 
 
 def _pretrained_cfg(model_name: str, tag: str) -> dict:
