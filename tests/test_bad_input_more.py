@@ -168,3 +168,32 @@ def test_converted_weights_are_keyed_by_content_not_name_and_size(tmp_path, monk
         loaded.append(path.stat().st_size)
     assert loaded[0] == loaded[1]                                   # same name, same size
     assert len(list((tmp_path / "cache").glob("ViT-S-16-*.state_dict.pt"))) == 2
+
+
+# --- 4. compare-official copies the official checkout without following links ------------
+
+def test_the_official_checkout_is_copied_without_following_links(tmp_path):
+    import shutil
+
+    from mvfa_lite.errors import MVFAError
+    from mvfa_lite.tools.compare.staging import stage_code
+    checkout = tmp_path / "official"
+    shutil.copytree(Path(__file__).resolve().parent / "official_standin", checkout)
+    (checkout / "loop").symlink_to(".")                     # copied 40 levels deep before
+    (checkout / "CLIP" / "a").symlink_to("b")               # a loop of two links
+    (checkout / "CLIP" / "b").symlink_to("a")
+    (checkout / "inside").symlink_to("CLIP")
+    clip = tmp_path / "weights.pt"
+    clip.write_bytes(b"")
+    (checkout / "system").symlink_to("/usr/share")          # 141 MB copied before
+    with pytest.raises(MVFAError) as info:
+        stage_code(checkout, tmp_path / "work", clip)
+    line = str(info.value)
+    assert f"the link {checkout / 'system'} -> /usr/share leads outside the checkout" in line
+    assert "\n" not in line and not (tmp_path / "work").exists()
+    (checkout / "system").unlink()
+    code = stage_code(checkout, tmp_path / "work", clip)
+    for name in ("loop", "inside", "CLIP/a", "CLIP/b"):
+        assert (code / name).is_symlink(), name
+        assert os.readlink(code / name) == os.readlink(checkout / name)
+    assert (code / "inside" / "adapter.py").is_file()
