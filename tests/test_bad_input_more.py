@@ -197,3 +197,63 @@ def test_the_official_checkout_is_copied_without_following_links(tmp_path):
         assert (code / name).is_symlink(), name
         assert os.readlink(code / name) == os.readlink(checkout / name)
     assert (code / "inside" / "adapter.py").is_file()
+
+
+# --- 5. settings and seed files: one line, exit 2, before any training --------------------
+
+@pytest.fixture
+def no_training(monkeypatch):
+    from mvfa_lite.protocols import experiment
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was built: the bad input was not caught before training")
+    monkeypatch.setattr(experiment, "build_model", forbidden)
+
+
+def run_cli(capsys, *argv) -> str:
+    from mvfa_lite.tools.cli import main
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"mvfa-lite {argv[0]}: error: "), err
+    return err
+
+
+def train_argv(root, out, *options) -> list:
+    return ["train", root, "--support-split", "test", "--test-split", "test", "--preset",
+            "fast-cpu", "--shots", "1", "--device", "cpu", "--out", out, *options]
+
+
+@pytest.mark.parametrize("seed", ["123456789012345678901234567890", "-3", str(2**63)])
+def test_seeds_outside_what_torch_takes(tmp_path, capsys, no_training, seed):
+    from test_data import make_dataset
+    out = tmp_path / "out"
+    line = run_cli(capsys, *train_argv(make_dataset(tmp_path / "d"), out, "--seed", seed))
+    assert f"seed = {seed} (--seed)" in line and "from 0 to 2**63 - 1" in line
+    assert not out.exists()
+
+
+def test_a_seed_file_with_a_byte_order_mark_is_read(tmp_path):
+    from mvfa_lite.data.shots import read_seed_file
+    seed_file = tmp_path / "1-shot.txt"
+    seed_file.write_bytes("a-0: a00.png\nn-0: n01.png\n".encode("utf-8-sig"))
+    assert read_seed_file(seed_file) == (["n01.png"], ["a00.png"])
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("n-0: n01.png n01.png", "line 2: n01.png listed more than once"),
+    ("n-0: n01.png n01.jpg", "names one normal image twice for this draw"),
+])
+def test_duplicate_shots_in_a_seed_file_are_refused(tmp_path, capsys, no_training, line,
+                                                    fragment):
+    from test_data import make_dataset
+    seed_file = tmp_path / "2-shot.txt"
+    seed_file.write_text(f"a-0: a00.png a01.png\n{line}\n")
+    out = tmp_path / "out"
+    root = make_dataset(make_dataset(tmp_path / "d"), "valid")
+    argv = train_argv(root, out, "--seed-file", seed_file)
+    argv[argv.index("--shots") + 1] = "2"
+    argv[argv.index("--support-split") + 1] = "valid"
+    message = run_cli(capsys, *argv)
+    assert f"seed file {seed_file}" in message and fragment in message
+    assert not out.exists() or not any(out.iterdir())              # nothing written
