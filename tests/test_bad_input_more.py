@@ -20,6 +20,11 @@ from mvfa_lite.outputs import (EVALUATE_FILES, OUTPUT_MARKER, PREDICT_FILES, TRA
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def no_progress_bars(monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file()}
@@ -257,3 +262,64 @@ def test_duplicate_shots_in_a_seed_file_are_refused(tmp_path, capsys, no_trainin
     message = run_cli(capsys, *argv)
     assert f"seed file {seed_file}" in message and fragment in message
     assert not out.exists() or not any(out.iterdir())              # nothing written
+
+
+# --- 5. checkpoints and weights -----------------------------------------------------------
+
+def test_an_edited_checkpoint_is_called_damaged_not_another_backbone(tmp_path, capsys,
+                                                                      tiny_model):
+    """evaluate builds the checkpoint's own backbone: a mismatch is an edit, and the message
+    names no option that evaluate lacks."""
+    import torch
+    from test_data import make_dataset
+
+    from mvfa_lite.protocols.checkpoint import save_checkpoint
+    path = save_checkpoint(tiny_model, tmp_path / "adapters.pth")
+    payload = torch.load(path, weights_only=True)
+    payload["backbone"]["image_size"] = 336                       # other dimensions
+    torch.save(payload, path)
+    data = make_dataset(tmp_path / "d")
+    for argv in (["evaluate", path, data], ["predict", path, data / "test" / "good" / "img",
+                                            "--out", tmp_path / "p"]):
+        line = run_cli(capsys, *argv)
+        assert f"checkpoint {path} contradicts itself" in line and "damaged or edited" in line
+        assert "--model" not in line and "--pretrained" not in line
+
+
+def test_the_api_says_how_to_build_the_checkpoints_backbone(tmp_path, tiny_model):
+    from mvfa_lite.config import preset
+    from mvfa_lite.errors import CheckpointError
+    from mvfa_lite.method.model import MVFA
+    from mvfa_lite.protocols.checkpoint import load_adapters, save_checkpoint
+    path = save_checkpoint(tiny_model, tmp_path / "adapters.pth")
+    other = MVFA.from_config(preset("fast-cpu", image_size=28, device="cpu"))
+    with pytest.raises(CheckpointError, match=r"another backbone .*model_name='tiny-random'.*"
+                                              r"load_trained\(checkpoint\)"):
+        load_adapters(other, path)
+
+
+def test_a_weights_file_with_the_tiny_model_is_refused(tmp_path, capsys):
+    from test_data import make_dataset
+    clip = tmp_path / "ViT-L-14-336px.pt"
+    clip.write_bytes(b"weights")
+    out = tmp_path / "out"
+    line = run_cli(capsys, *train_argv(make_dataset(tmp_path / "d"), out, "--clip-checkpoint",
+                                       clip))
+    assert f"--clip-checkpoint {clip} cannot be used with the tiny-random model" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_random_weights_of_a_real_architecture_are_built_again_the_same(monkeypatch):
+    """Adapters trained with --pretrained random can be evaluated: the same random weights
+    are drawn again (they used to be fresh each time, then refused as other weights)."""
+    import torch
+
+    from mvfa_lite.method.backbone import load_backbone
+    from mvfa_lite.protocols.checkpoint import clip_fingerprint
+    torch.manual_seed(1)
+    first = load_backbone("ViT-S-16", "random", 224)
+    torch.manual_seed(2)
+    state = torch.random.get_rng_state()
+    second = load_backbone("ViT-S-16", "random", 224)
+    assert torch.equal(torch.random.get_rng_state(), state)       # the caller's stream untouched
+    assert clip_fingerprint(first) == clip_fingerprint(second)
