@@ -102,6 +102,9 @@ class OutputFolder:
 
     def _refuse_overlaps(self, inputs: Iterable[str | os.PathLike]) -> None:
         out = Path(os.path.realpath(self.path))
+        inputs = list(inputs)
+        for folder in inputs:
+            _refuse_image_folders(self.path, out, Path(os.path.realpath(folder)), folder)
         guarded = [(Path(p), "the input") for p in inputs]
         guarded += [(Path.cwd(), "the current folder"), (Path.home(), "the home folder")]
         for folder, role in guarded:
@@ -218,6 +221,18 @@ class OutputFolder:
             os.rename(self.path, previous)
             os.rename(staging, self.path)
             shutil.rmtree(previous, ignore_errors=True)
+
+
+def _refuse_image_folders(given: Path, out: Path, root: Path, shown) -> None:
+    """An --out inside a dataset's split folder (``root/test/...``, beside good/ and Ungood/)
+    would put results among its images and, when swapped in, replace an image folder."""
+    if root not in out.parents:
+        return
+    split = root / out.relative_to(root).parts[0]
+    if (split / "good").is_dir() or (split / "Ungood").is_dir():
+        raise OutputError(f"--out {given} lies inside the images of the dataset {shown} "
+                          f"({split.name}/); give a folder outside its splits, e.g. "
+                          f"{root / 'runs' / 'NAME'} or runs/NAME.")
 
 
 def _probe_writable(folder: Path, role: str) -> None:

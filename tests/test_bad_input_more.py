@@ -323,3 +323,46 @@ def test_random_weights_of_a_real_architecture_are_built_again_the_same(monkeypa
     second = load_backbone("ViT-S-16", "random", 224)
     assert torch.equal(torch.random.get_rng_state(), state)       # the caller's stream untouched
     assert clip_fingerprint(first) == clip_fingerprint(second)
+
+
+# --- 5. data: names, links, an --out among the images -------------------------------------
+
+def test_evaluate_out_inside_the_datasets_images_is_refused(tmp_path, capsys, no_training):
+    from test_data import make_dataset
+    data = make_dataset(tmp_path / "d")
+    before = snapshot(data)
+    for out in (data / "test" / "good" / "img", data / "test" / "results"):
+        line = run_cli(capsys, "evaluate", tmp_path / "adapters.pth", data, "--out", out)
+        assert f"--out {out} lies inside the images of the dataset {data} (test/)" in line
+    assert snapshot(data) == before
+    OutputFolder(data / "runs" / "a", "evaluate", EVALUATE_FILES, inputs=[data])   # fine
+
+
+def test_a_file_name_that_is_not_utf8_is_named_before_training(tmp_path, capsys, no_training):
+    from test_data import make_dataset, write_png
+    data = make_dataset(tmp_path / "d")
+    bad = os.fsdecode(b"caf\xe9.png")                       # Latin-1, not UTF-8
+    write_png(data / "test" / "good" / "img" / bad, value=90)
+    out = tmp_path / "out"
+    line = run_cli(capsys, *train_argv(data, out))
+    assert "the file name " in line and "caf\\xe9.png is not valid UTF-8" in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_predict_warns_about_links_to_folders(tmp_path):
+    import warnings
+
+    from test_data import write_png
+
+    from mvfa_lite.data.folder import ImageFolder
+    from mvfa_lite.errors import DataWarning
+    write_png(tmp_path / "images" / "a.png", value=10)
+    write_png(tmp_path / "elsewhere" / "b.png", value=20)
+    (tmp_path / "images" / "more").symlink_to(tmp_path / "elsewhere")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = ImageFolder(tmp_path / "images", 28)
+    assert [p.name for p in folder.paths] == ["a.png"]
+    messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(messages) == 1 and "link(s) to folders are not followed" in messages[0]
+    assert str(tmp_path / "images" / "more") in messages[0]
