@@ -68,7 +68,7 @@ def refuse_broken_links(paths: Sequence[Path]) -> None:
             shown = os.fsencode(path).decode("utf-8", "backslashreplace")
             raise DataError(f"the file name {shown} is not valid UTF-8 (another encoding, e.g. "
                             "Latin-1), so it cannot be written into the results; rename it, "
-                            "e.g. convmv -f latin1 -t utf8 --notest FILE.") from None
+                            "e.g. with convmv -f latin1 -t utf8.") from None
     broken = sorted(p for p in paths if is_broken_link(p))
     if broken:
         raise DataError(
