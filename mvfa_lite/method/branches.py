@@ -116,27 +116,36 @@ def few_shot(features: Features, bank: MemoryBank, size: int, chunk: int = 4096)
 
 
 # --- fusion ----------------------------------------------------------------------------
-def min_max(values: torch.Tensor) -> torch.Tensor:
-    """Scale to [0, 1] with one min and one max over the whole tensor (the test set)."""
+def min_max(values: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+    """Scale to [0, 1] with one min and one max over the whole tensor (the test set);
+    ``in_place``: overwrite ``values`` (the same numbers, no copy of a whole test set)."""
     low, high = values.min(), values.max()
+    if in_place:
+        return values.sub_(low).div_((high - low).clamp_min(1e-12))
     return (values - low) / (high - low).clamp_min(1e-12)
 
 
-def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
-    """beta * normalised zero-shot + (1 - beta) * normalised few-shot."""
+def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5,
+         in_place: bool = False) -> torch.Tensor:
+    """beta * normalised zero-shot + (1 - beta) * normalised few-shot; ``in_place``: the
+    result overwrites ``zero`` and ``few`` is used up (the same numbers)."""
+    if in_place:
+        return min_max(zero, True).mul_(beta).add_(min_max(few, True).mul_(1 - beta))
     return beta * min_max(zero) + (1 - beta) * min_max(few)
 
 
 def final_scores(zero_map: torch.Tensor, zero_det: torch.Tensor, few_map: torch.Tensor | None,
-                 few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float):
+                 few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float,
+                 in_place: bool = False):
     """Maps (N, S, S) and det scores (N,) of a whole test set, per branch (few-shot ones None
-    without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``."""
+    without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``;
+    ``in_place``: the maps become the result (no copies of the test set's maps)."""
     if rule not in IMAGE_SCORE_RULES:               # MVFAConfig.validate refuses these first
         raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
     few = few_map is not None
     if few:
-        maps, det = fuse(zero_map, few_map, beta), fuse(zero_det, few_det, beta)
+        maps, det = fuse(zero_map, few_map, beta, in_place), fuse(zero_det, few_det, beta)
     else:
-        maps, det = min_max(zero_map), zero_det
+        maps, det = min_max(zero_map, in_place), zero_det
     use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
     return (maps.flatten(1).amax(dim=1) if use_map_max else det), maps
