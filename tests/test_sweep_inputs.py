@@ -84,3 +84,16 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
     grid = load_grid(_grid(tmp_path, "parameters: {lr: 1e-3}\ngrid: {x: [1]}\n",
                            notebook=False))
     assert grid.parameters["lr"] == 0.001 and isinstance(grid.parameters["lr"], float)
+
+
+def test_a_dry_run_says_which_folders_are_read(tmp_path, monkeypatch, capsys):
+    _notebook(tmp_path / "nb.ipynb", PARAMETERS)
+    (tmp_path / "work" / "data" / "a").mkdir(parents=True)
+    (tmp_path / "work" / "data" / "b").mkdir()
+    grid = _grid(tmp_path, "grid: {dataset: [data/a, data/b]}\n", notebook=False)
+    monkeypatch.chdir(tmp_path / "work")
+    run_sweep(grid, dry_run=True)
+    printed = capsys.readouterr().out
+    assert f"reads dataset = {tmp_path / 'work' / 'data' / 'a'}\n" in printed
+    assert f"reads dataset = {tmp_path / 'work' / 'data' / 'b'}\n" in printed
+    assert not (tmp_path / "out").exists()

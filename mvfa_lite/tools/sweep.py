@@ -187,6 +187,8 @@ def run_sweep(grid_path: str | Path, *, executor="local", dry_run: bool = False,
         todo, report = _plan(grid, cells, force)
         for cell in todo:
             print(f"to do: {cell.name}")
+        for key, value in sorted({(k, v["path"]) for c in todo for k, v in c.inputs.items()}):
+            print(f"reads {key} = {value}")     # relative paths: from the current folder
         print(f"sweep {grid.output}: {len(todo)} to do, {len(report.skipped)} finished")
         return report
     with writer_lock(grid.output.resolve(), f"sweep {grid.path}"):
