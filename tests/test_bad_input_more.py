@@ -366,3 +366,22 @@ def test_predict_warns_about_links_to_folders(tmp_path):
     messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
     assert len(messages) == 1 and "link(s) to folders are not followed" in messages[0]
     assert str(tmp_path / "images" / "more") in messages[0]
+
+
+# --- 6. memory: fused in place, the same numbers ------------------------------------------
+
+def test_fusing_in_place_gives_the_same_numbers():
+    import torch
+
+    from mvfa_lite.method.branches import final_scores
+    generator = torch.Generator().manual_seed(0)
+    zero, few = (torch.rand(5, 8, 8, generator=generator) * 3 for _ in range(2))
+    det = torch.rand(5, generator=generator)
+    for few_map in (few, None):
+        expected = final_scores(zero, det, few_map, det if few_map is not None else None,
+                                True, "paper", 0.3)
+        copies = [zero.clone(), None if few_map is None else few_map.clone()]
+        got = final_scores(copies[0], det, copies[1], det if few_map is not None else None,
+                           True, "paper", 0.3, in_place=True)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert got[1].data_ptr() == copies[0].data_ptr()          # no copy of the maps
