@@ -108,7 +108,8 @@ class MVFAConfig:
         for name, low in whole.items():
             _check(name, getattr(self, name), _is_whole(getattr(self, name), low),
                    f"a whole number >= {low}")
-        _check("seed", self.seed, _is_whole(self.seed, None), "a whole number")
+        _check("seed", self.seed, _is_whole(self.seed, 0) and self.seed <= MAX_SEED,
+               f"a whole number from 0 to 2**63 - 1 = {MAX_SEED} (what torch can seed)")
         for name in ("lr", "zero_shot_lr", "temperature"):
             value = getattr(self, name)
             _check(name, value, _is_real(value) and value > 0, "a finite number > 0")
@@ -209,6 +210,10 @@ def _is_real(value) -> bool:
 
 def _is_sequence(value) -> bool:
     return isinstance(value, (list, tuple))
+
+
+#: the largest seed: torch.manual_seed takes a signed 64-bit number
+MAX_SEED = 2**63 - 1
 
 
 def _check(name: str, value, ok: bool, allowed: str) -> None:

@@ -8,9 +8,14 @@ swaps it in only after the last one is written:
 1. the files of the old folder that this command does not write (another command's
    results, the user's notes) are carried into the staging folder as hard links, so nothing
    is copied or moved; this command's own files from an earlier run that it does not write
-   now (a ``maps.npz`` of an earlier ``--save-maps``) are left behind: they would be stale;
-2. a marker file (:data:`OUTPUT_MARKER`) names the command and its files;
-   image folders never read a folder that holds it;
+   now (a ``maps.npz`` of an earlier ``--save-maps``) are left behind: they would be stale.
+   A file counts as mvfa-lite's only when the folder's marker lists it: names alone prove
+   nothing (a user's ``00000_patient_A.png`` looks like a ``predict`` overlay). A file
+   named like one this command writes but not listed is the user's: the command is
+   refused at the start (one line naming it) rather than replace it. Other files of the
+   user's are kept beside the results, so a folder of notes stays usable as ``--out``;
+2. a marker file (:data:`OUTPUT_MARKER`) names the command and every mvfa-lite file in
+   the folder; image folders never read a folder that holds it;
 3. the staging folder and the old folder are exchanged in one atomic step (Linux
    ``renameat2(RENAME_EXCHANGE)``) and the old one is deleted. Where the file system cannot
    exchange, two renames do it; a kill between them leaves the old folder as
@@ -51,6 +56,8 @@ TRAIN_FILES = ("adapters.pth", "metrics.json", "scores.csv", "maps.npz")
 EVALUATE_FILES = ("metrics.json", "scores.csv", "maps.npz")
 #: What ``predict`` writes: scores.csv and one numbered overlay per image.
 PREDICT_FILES = ("scores.csv", "[0-9][0-9][0-9][0-9][0-9]_*.png")
+#: a full disk, an exhausted quota, a file over the size limit (``ulimit -f``)
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class OutputFolder:
@@ -77,6 +84,7 @@ class OutputFolder:
             raise OutputError(f"--out {self.path} is a file, not a folder. Give a folder name "
                               "(it is created if missing), or move the file away.")
         self._recover()
+        self._refuse_foreign()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -94,6 +102,9 @@ class OutputFolder:
 
     def _refuse_overlaps(self, inputs: Iterable[str | os.PathLike]) -> None:
         out = Path(os.path.realpath(self.path))
+        inputs = list(inputs)
+        for folder in inputs:
+            _refuse_image_folders(self.path, out, Path(os.path.realpath(folder)), folder)
         guarded = [(Path(p), "the input") for p in inputs]
         guarded += [(Path.cwd(), "the current folder"), (Path.home(), "the home folder")]
         for folder, role in guarded:
@@ -106,6 +117,33 @@ class OutputFolder:
 
     def _owned(self, name: str) -> bool:
         return name == OUTPUT_MARKER or any(fnmatch.fnmatch(name, p) for p in self.owns)
+
+    def manifest(self) -> set[str]:
+        """The files that the folder's marker says mvfa-lite wrote (none without a marker)."""
+        try:
+            files = json.loads((self.path / OUTPUT_MARKER).read_text()).get("files", [])
+        except (OSError, ValueError, AttributeError):
+            return set()
+        return {f for f in files if isinstance(f, str)}
+
+    def _foreign(self, names: Iterable[str]) -> list[str]:
+        """The names, among ``names``, of files named like this command's outputs that the
+        marker does not list: the user's, never to be replaced or deleted."""
+        mine = self.manifest()
+        return sorted(n for n in names if n != OUTPUT_MARKER and self._owned(n)
+                      and n not in mine)
+
+    def _refuse_foreign(self) -> None:
+        if not self.path.is_dir():
+            return
+        foreign = self._foreign(p.name for p in self.path.iterdir())
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise OutputError(
+                f"--out {self.path} holds {foreign[0]}{more}, named like what `{self.command}` "
+                f"writes but not written by mvfa-lite (not listed in its {OUTPUT_MARKER}); it "
+                "would be replaced. Give a new or empty folder, e.g. runs/NAME, or move the "
+                "file away.")
 
     def _recover(self) -> None:
         """Clean up after commands on this folder that were killed: put back an old folder
@@ -130,23 +168,40 @@ class OutputFolder:
         try:
             yield staging
             written = sorted(p.name for p in staging.iterdir())
-            self._carry_over(staging, set(written))
+            carried = self._carry_over(staging, set(written))
             (staging / OUTPUT_MARKER).write_text(json.dumps(
-                {"command": self.command, "files": written,
-                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2))
+                {"command": self.command, "files": sorted({*written, *carried}),
+                 "written": written, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                indent=2))
             self._swap_in(staging)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in _FULL:
+                raise OutputError(
+                    f"cannot write the results into {self.path}: {os.strerror(error.errno)}; "
+                    "the earlier result there is kept. Free space (or raise the quota/file "
+                    "size limit) and run again, or give an --out on another disk.") from None
             raise
 
-    def _carry_over(self, staging: Path, written: set[str]) -> None:
-        """Hard-link every entry of the old folder that this command does not own into the
-        staging folder (files that cannot be linked are copied)."""
+    def _carry_over(self, staging: Path, written: set[str]) -> list[str]:
+        """Hard-link every entry of the old folder into the staging folder (files that cannot
+        be linked are copied), except this command's own files listed in the marker; return
+        the carried names that the marker lists (another command's results)."""
         if not self.path.is_dir():
-            return
-        for entry in self.path.iterdir():
-            if entry.name in written or self._owned(entry.name):
+            return []
+        mine, carried = self.manifest(), []
+        entries = list(self.path.iterdir())
+        foreign = self._foreign(e.name for e in entries if e.name in written)
+        if foreign:     # appeared while the command ran
+            raise OutputError(f"--out {self.path}: {foreign[0]} appeared there while "
+                              f"`{self.command}` ran and would be replaced; the results were "
+                              "not written. Move it away and run again.")
+        for entry in entries:
+            if entry.name in written or entry.name == OUTPUT_MARKER or (
+                    entry.name in mine and self._owned(entry.name)):
                 continue
+            if entry.name in mine:
+                carried.append(entry.name)
             target = staging / entry.name
             if entry.is_symlink():
                 os.symlink(os.readlink(entry), target)
@@ -154,6 +209,7 @@ class OutputFolder:
                 shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
             else:
                 _link_or_copy(entry, target)
+        return carried
 
     def _swap_in(self, staging: Path) -> None:
         if not self.path.exists():
@@ -165,6 +221,18 @@ class OutputFolder:
             os.rename(self.path, previous)
             os.rename(staging, self.path)
             shutil.rmtree(previous, ignore_errors=True)
+
+
+def _refuse_image_folders(given: Path, out: Path, root: Path, shown) -> None:
+    """An --out inside a dataset's split folder (``root/test/...``, beside good/ and Ungood/)
+    would put results among its images and, when swapped in, replace an image folder."""
+    if root not in out.parents:
+        return
+    split = root / out.relative_to(root).parts[0]
+    if (split / "good").is_dir() or (split / "Ungood").is_dir():
+        raise OutputError(f"--out {given} lies inside the images of the dataset {shown} "
+                          f"({split.name}/); give a folder outside its splits, e.g. "
+                          f"{root / 'runs' / 'NAME'} or runs/NAME.")
 
 
 def _probe_writable(folder: Path, role: str) -> None:
@@ -232,6 +300,12 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno not in _FULL:
+            raise
+        raise OutputError(f"cannot write {path.name} into {path.parent}: "
+                          f"{os.strerror(error.errno)}; the earlier {path.name} is kept. Free "
+                          "space (or raise the quota/file size limit) and run again.") from None
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -53,7 +53,12 @@ class ImageFolder(Dataset):
                 f"image folder {self.root} does not exist. Give a folder of images (or one "
                 "image file)."
             )
-        self.paths, skipped = self._scan({Path(os.path.realpath(p)) for p in exclude})
+        self.paths, skipped, links = self._scan({Path(os.path.realpath(p)) for p in exclude})
+        if links:
+            warnings.warn(f"not reading {list_names(links)}: link(s) to folders are not "
+                          "followed (a loop or a system folder could be read whole); give the "
+                          "folder it leads to on its own, or copy its images in.", DataWarning,
+                          stacklevel=2)
         if skipped:
             warnings.warn(f"not reading {list_names(skipped)}: folder(s) written by mvfa-lite, "
                           "whose overlays are outputs, not images to score.", DataWarning,
@@ -64,10 +69,10 @@ class ImageFolder(Dataset):
                 f"{' '.join(IMAGE_EXTENSIONS)}). Add images or choose another folder."
             )
 
-    def _scan(self, exclude: set[Path]) -> tuple[list[Path], list[Path]]:
-        """-> (image files, skipped output folders), walking ``root`` without following links
-        to folders."""
-        paths, skipped = [], []
+    def _scan(self, exclude: set[Path]) -> tuple[list[Path], list[Path], list[Path]]:
+        """-> (image files, skipped output folders, skipped links to folders), walking
+        ``root`` without following links to folders."""
+        paths, skipped, links = [], [], []
         for folder, subfolders, files in os.walk(self.root):
             folder = Path(folder)
             if Path(os.path.realpath(folder)) in exclude:
@@ -78,10 +83,11 @@ class ImageFolder(Dataset):
                 subfolders.clear()
                 continue
             subfolders[:] = [s for s in subfolders if not s.startswith(".")]
+            links += [folder / s for s in subfolders if (folder / s).is_symlink()]
             named = [folder / name for name in files if is_image_name(Path(name))]
             refuse_broken_links(named)
             paths += [p for p in named if is_image_file(p)]
-        return sorted(paths), sorted(skipped)
+        return sorted(paths), sorted(skipped), sorted(links)
 
     def check(self, min_side: int = 1, progress: bool = True) -> ImageFolder:
         """Open every image once before scoring (see :meth:`.ADDataset.check`); returns ``self``."""

@@ -58,7 +58,17 @@ def is_broken_link(path: Path) -> bool:
 
 
 def refuse_broken_links(paths: Sequence[Path]) -> None:
-    """Raise DataError naming the symbolic links among ``paths`` that lead nowhere."""
+    """Raise DataError naming the symbolic links among ``paths`` that lead nowhere, or the
+    first path whose name is not valid UTF-8 (it could not be written into scores.csv or
+    the JSON results at the end of the run)."""
+    for path in paths:
+        try:
+            str(path).encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            raise DataError(f"the file name {shown} is not valid UTF-8 (another encoding, e.g. "
+                            "Latin-1), so it cannot be written into the results; rename it, "
+                            "e.g. with convmv -f latin1 -t utf8.") from None
     broken = sorted(p for p in paths if is_broken_link(p))
     if broken:
         raise DataError(

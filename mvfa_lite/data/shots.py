@@ -43,7 +43,7 @@ def read_seed_file(path: PathLike, iterate: int = 0) -> tuple[list[str], list[st
     unreadable file, a malformed line, or no line at all for ``iterate``.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")     # a byte-order mark is dropped
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read seed file {path}: {exc}. Check the path.") from exc
 
@@ -60,6 +60,10 @@ def read_seed_file(path: PathLike, iterate: int = 0) -> tuple[list[str], list[st
             )
         key = (match["kind"], int(match["iterate"]))
         draws[key] = match["names"].split()
+        twice = sorted({n for n in draws[key] if draws[key].count(n) > 1})
+        if twice:
+            raise DataError(f"seed file {path}, line {number}: {', '.join(twice)} listed more "
+                            "than once; each shot is a different image, list each once.")
 
     if ("n", iterate) not in draws and ("a", iterate) not in draws:
         available = sorted({it for _, it in draws})
@@ -103,7 +107,12 @@ def _indices_by_name(
             f"{dataset.root / dataset.split / folder}: {', '.join(missing)}. Use the seed file "
             "that belongs to this dataset, or add the images."
         )
-    return [lookup[n] if n in lookup else lookup[Path(n).stem] for n in wanted]
+    chosen = [lookup[n] if n in lookup else lookup[Path(n).stem] for n in wanted]
+    if len(set(chosen)) < len(chosen):
+        raise DataError(f"seed file {seed_file} names one {kind} image twice for this draw "
+                        f"({', '.join(wanted)}: two names lead to the same file); list each "
+                        "shot once.")
+    return chosen
 
 
 def select_shots(

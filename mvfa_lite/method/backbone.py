@@ -7,13 +7,17 @@ resized (bicubic, antialiased) to 17x17; open_clip does exactly that when it is 
 1. an explicit checkpoint file (argument, or the ``MVFA_CLIP_CHECKPOINT`` environment variable);
 2. open_clip's own download of the pretrained tag (needs internet);
 3. ``pretrained="random"``: random weights, for tests and speed benchmarks only. Anything
-   computed with them is flagged ``weights_random=True`` and is never a result.
+   computed with them is flagged ``weights_random=True`` and is never a result. They are
+   drawn from a fixed seed (:data:`RANDOM_WEIGHTS_SEED`), so the same random weights are
+   built again when the adapters trained on them are evaluated.
 
 ``model_name="tiny-random"`` is a 4-block ViT with random weights that runs the whole
-pipeline in seconds on a CPU.
+pipeline in seconds on a CPU; it takes no weights file (an explicit one is refused, so it
+is never silently ignored).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 import zipfile
@@ -29,6 +33,7 @@ from ..errors import WeightsError, unreadable_reason
 from ..outputs import atomic_write
 
 CHECKPOINT_ENV = "MVFA_CLIP_CHECKPOINT"
+RANDOM_WEIGHTS_SEED = 0
 TINY_MODEL = "tiny-random"
 # vision width 96 != joint width 64, so shape mistakes between the two cannot hide in tests
 TINY_CONFIG = dict(
@@ -150,9 +155,13 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
     ``quick_gelu``: False = nn.GELU (the official code's accident), True = QuickGELU,
     None = whatever the pretrained tag was trained with (QuickGELU for OpenAI weights).
     """
-    checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
     if model_name == TINY_MODEL:
+        if checkpoint:          # ${CHECKPOINT_ENV} is for the real models: not used here
+            raise WeightsError(f"--clip-checkpoint {checkpoint} cannot be used with the "
+                               f"{TINY_MODEL} model, whose random weights are built in; drop "
+                               "--clip-checkpoint, or give the --model the file belongs to.")
         return _tiny_backbone(image_size)
+    checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
     if model_name not in open_clip.list_models():
         raise WeightsError(f"unknown open_clip model {model_name!r}; see open_clip.list_models() "
                            f"(for example ViT-B-16, ViT-L-14-336) or use {TINY_MODEL!r} for tests.")
@@ -172,7 +181,9 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
                                f"argument or ${CHECKPOINT_ENV}); fix the path or unset it.")
         clip, source = _create_from_file(create, path, model_name), str(path)
     elif pretrained == "random":
-        clip, source = create(None), "random"
+        with torch.random.fork_rng():                     # the same random weights every
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)        # time, the caller's stream untouched
+            clip, source = create(None), "random"
     else:
         clip, source = _create_or_explain(create, pretrained, model_name, pretrained), \
             f"open_clip:{pretrained}"
@@ -206,12 +217,14 @@ def _resize_positions_in_float32():
 
 def _state_dict_file(path: Path) -> Path:
     """OpenAI's own files (e.g. ViT-L-14-336px.pt) are TorchScript archives, which recent
-    torch refuses to load as weights; their state dict is extracted once, next to the cache."""
+    torch refuses to load as weights; their state dict is extracted once into the cache
+    (``$MVFA_CACHE``, else ~/.cache/mvfa-lite), keyed by a hash of the file's contents, so
+    another file of the same name and size never gets this one's weights."""
     if not zipfile.is_zipfile(path) or not any(
             name.endswith("constants.pkl") for name in zipfile.ZipFile(path).namelist()):
         return path                                    # a plain state dict
     cache = Path(os.environ.get("MVFA_CACHE", Path.home() / ".cache" / "mvfa-lite"))
-    target = cache / f"{path.stem}-{path.stat().st_size}.state_dict.pt"
+    target = cache / f"{path.stem}-{_content_hash(path)}.state_dict.pt"
     if not target.exists():
         with warnings.catch_warnings():            # "torch.jit.load is deprecated"
             warnings.simplefilter("ignore", FutureWarning)
@@ -221,6 +234,15 @@ def _state_dict_file(path: Path) -> Path:
         with atomic_write(target) as temporary:
             torch.save(state, temporary)
     return target
+
+
+def _content_hash(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256 (read in 8 MiB pieces)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for piece in iter(lambda: stream.read(8 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()[:16]
 
 
 def _pretrained_cfg(model_name: str, tag: str) -> dict:
@@ -263,7 +285,7 @@ def _create_or_explain(create, weights: str, model_name: str, tag: str) -> nn.Mo
 def _tiny_backbone(image_size: int) -> Backbone:
     config = {**TINY_CONFIG, "vision_cfg": {**TINY_CONFIG["vision_cfg"], "image_size": image_size}}
     with torch.random.fork_rng():            # the same random weights every time,
-        torch.manual_seed(0)                 # without touching the caller's random stream
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)   # the caller's random stream untouched
         clip = open_clip.model.CLIP(**config)
     identity = dict(model_name=TINY_MODEL, pretrained="random", weights="random",
                     weights_random=True, image_size=image_size, quick_gelu=False)

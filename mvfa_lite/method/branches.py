@@ -128,36 +128,45 @@ def branch_bounds(raw: dict[str, torch.Tensor]) -> dict[str, list[float]]:
             for key in BRANCH_KEYS if raw.get(key) is not None}
 
 
-def min_max(values: torch.Tensor, bounds=None) -> torch.Tensor:
+def min_max(values: torch.Tensor, bounds=None, in_place: bool = False) -> torch.Tensor:
     """Scale to [0, 1] with one min and one max over the whole tensor (the test set), or
-    with given ``bounds`` = (min, max) of a reference set (values may then leave [0, 1])."""
+    with given ``bounds`` = (min, max) of a reference set (values may then leave [0, 1]);
+    ``in_place``: overwrite ``values`` (the same numbers, no copy of a whole test set)."""
     low, high = (values.min(), values.max()) if bounds is None else \
         (torch.tensor(float(b)) for b in bounds)
+    if in_place:
+        return values.sub_(low).div_((high - low).clamp_min(1e-12))
     return (values - low) / (high - low).clamp_min(1e-12)
 
 
 def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5, zero_bounds=None,
-         few_bounds=None) -> torch.Tensor:
-    """beta * normalised zero-shot + (1 - beta) * normalised few-shot."""
+         few_bounds=None, in_place: bool = False) -> torch.Tensor:
+    """beta * normalised zero-shot + (1 - beta) * normalised few-shot; ``in_place``: the
+    result overwrites ``zero`` and ``few`` is used up (the same numbers)."""
+    if in_place:
+        return min_max(zero, zero_bounds, True).mul_(beta).add_(
+            min_max(few, few_bounds, True).mul_(1 - beta))
     return beta * min_max(zero, zero_bounds) + (1 - beta) * min_max(few, few_bounds)
 
 
 def final_scores(zero_map: torch.Tensor, zero_det: torch.Tensor, few_map: torch.Tensor | None,
                  few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float,
-                 bounds: dict | None = None):
+                 bounds: dict | None = None, in_place: bool = False):
     """Maps (N, S, S) and det scores (N,) of a whole test set, per branch (few-shot ones None
     without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``.
     ``bounds``: fixed normalisation (:func:`branch_bounds` of a reference set) instead of
-    this set's own; the maps are then clipped to [0, 1], the image scores are not."""
+    this set's own; the maps are then clipped to [0, 1], the image scores are not.
+    ``in_place``: the maps become the result (no copies of the test set's maps)."""
     if rule not in IMAGE_SCORE_RULES:               # MVFAConfig.validate refuses these first
         raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
     given = bounds or {}
     few = few_map is not None
     if few:
-        maps = fuse(zero_map, few_map, beta, given.get("zero_map"), given.get("few_map"))
+        maps = fuse(zero_map, few_map, beta, given.get("zero_map"), given.get("few_map"),
+                    in_place)
         det = fuse(zero_det, few_det, beta, given.get("zero_det"), given.get("few_det"))
     else:
-        maps, det = min_max(zero_map, given.get("zero_map")), zero_det
+        maps, det = min_max(zero_map, given.get("zero_map"), in_place), zero_det
     use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
     scores = maps.flatten(1).amax(dim=1) if use_map_max else det
     return scores, (maps.clamp(0, 1) if bounds else maps)

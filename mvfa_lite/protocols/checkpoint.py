@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, DataError, unreadable_reason
-from ..method.backbone import Backbone
+from ..method.backbone import TINY_MODEL, Backbone
 from ..method.model import MVFA
 from ..outputs import atomic_write
 
@@ -114,10 +114,12 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = False,
-                  payload: dict | None = None) -> dict:
+                  payload: dict | None = None, from_its_config: bool = False) -> dict:
     """Load the adapters of ``path`` into ``model`` after checking that they belong to its
     backbone and CLIP weights (module docstring); ``payload``: its entries, when already
-    read (:func:`read_checkpoint`). Returns the payload; when other weights were allowed,
+    read (:func:`read_checkpoint`); ``from_its_config``: the model was built from the
+    checkpoint's own config (``evaluate``, ``predict``), so another backbone means the file
+    was edited. Returns the payload; when other weights were allowed,
     ``payload["weights_warning"]`` says so."""
     payload = read_checkpoint(path) if payload is None else payload
     saved, current = payload["backbone"], model.identity
@@ -125,16 +127,29 @@ def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = Fal
     keys = ("model_name", "image_size") if official else _MUST_MATCH
     different = [f"{key}: checkpoint {saved.get(key)!r} vs model {current.get(key)!r}"
                  for key in keys if saved.get(key) != current.get(key)]
+    if different and from_its_config:
+        raise CheckpointError(
+            f"checkpoint {path} contradicts itself: the backbone built from its config is not "
+            f"the one it records ({'; '.join(different)}). It was damaged or edited; retrain "
+            "it with `mvfa-lite train`.")
     if different:
         raise CheckpointError(
             f"checkpoint {path} was trained on another backbone ({'; '.join(different)}). "
-            f"Load it with --model {saved.get('model_name')} --pretrained {saved.get('pretrained')}"
-            f" (the same image size and levels), or train new adapters for this backbone.")
+            f"Build the model with model_name={saved.get('model_name')!r}, pretrained="
+            f"{saved.get('pretrained')!r} (the same image size and levels), or use "
+            "load_trained(checkpoint), which builds its own; or train new adapters.")
     _check_shapes(model, payload["adapters"], path)
     if official:
         _check_official_weights(payload, current, path, allow_other_weights)
         model.banks.load_state_dict(payload["adapters"])
         return payload
+    if payload["clip_fingerprint"] != clip_fingerprint(model.backbone) and \
+            saved.get("weights") == current.get("weights") == "random" and \
+            saved.get("model_name") != TINY_MODEL:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on random {saved.get('model_name')} weights drawn "
+            "by an mvfa-lite older than the fixed seed of random weights; they cannot be built "
+            "again. Retrain it (random weights test the code; they never give results).")
     fingerprint = clip_fingerprint(model.backbone)
     if payload["clip_fingerprint"] != fingerprint:
         message = (f"checkpoint {path} was trained with other CLIP weights "

@@ -106,33 +106,45 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
         workers = loader_workers(model.device) if num_workers is None else num_workers
         batches = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                              pin_memory=model.device.type == "cuda")
-    gathered: dict[str, list] = {key: [] for key in
-                                 ("zero_map", "zero_det", "few_map", "few_det", "mask", "label")}
-    paths = []
+    # per-pixel results go straight into one tensor each, allocated at the first batch
+    # (len(dataset) images): no list of batches and no second copy when they are joined
+    total, filled, paths = len(dataset), 0, []
+    raw: dict[str, torch.Tensor] = {}
+
+    def put(key: str, values: torch.Tensor) -> None:
+        if key not in raw:
+            raw[key] = torch.empty((total, *values.shape[1:]), dtype=values.dtype)
+        raw[key][filled:filled + len(values)] = values
+
     for batch in tqdm(batches, desc=description, unit="batch",
                       disable=not show_progress(progress)):
         with autocast(model.device, config.precision):
             features = model(stem=batch["stem"]) if "stem" in batch else \
                 model(batch["image"].to(model.device, non_blocking=True))
         zero_map, zero_det = zero_shot(features, text, config.temperature, size)
-        gathered["zero_map"].append(zero_map.float().cpu())
-        gathered["zero_det"].append(zero_det.float().cpu())
+        put("zero_map", zero_map.float().cpu())
+        put("zero_det", zero_det.float().cpu())
         if bank is not None:
             few_map, few_det = few_shot(features, bank, size, config.memory_chunk)
-            gathered["few_map"].append(few_map.float().cpu())
-            gathered["few_det"].append(few_det.float().cpu())
-        gathered["label"].append(batch.get("label", torch.full((len(batch["path"]),), -1)))
+            put("few_map", few_map.float().cpu())
+            put("few_det", few_det.float().cpu())
+        put("label", torch.as_tensor(batch.get("label", torch.full((len(batch["path"]),), -1))))
         if has_masks:
-            gathered["mask"].append(batch["mask"])
+            put("mask", batch["mask"])
         paths += list(batch["path"])
-    raw = {key: torch.cat(values) for key, values in gathered.items() if values}
-    image_scores, maps = final_scores(raw["zero_map"], raw["zero_det"], raw.get("few_map"),
-                                      raw.get("few_det"), has_masks, config.image_score,
-                                      config.beta, bounds)
+        filled += len(batch["path"])
+    raw = {key: values[:filled] for key, values in raw.items()}
+    measured = dict(bounds) if bounds else branch_bounds(raw)     # before fusing in place
+    maps_in = {key: raw[key].clone() if keep_raw_maps else raw[key]      # fused in place
+               for key in ("zero_map", "few_map") if key in raw}
+    image_scores, maps = final_scores(maps_in["zero_map"], raw["zero_det"],
+                                      maps_in.get("few_map"), raw.get("few_det"), has_masks,
+                                      config.image_score, config.beta, bounds, in_place=True)
+    del maps_in
     kept = ("zero_det", "few_det") + (("zero_map", "few_map") if keep_raw_maps else ())
     branches = {key: raw[key] for key in kept if key in raw}
     return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches,
-                  dict(bounds) if bounds else branch_bounds(raw))
+                  measured)
 
 
 def compute_metrics(scores: Scores, device: str | torch.device | None = None,

@@ -268,7 +268,7 @@ def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_ba
                               ) from None
     config = preflight(config.replace(device=device))   # the caller's device, not the saved one
     model = build_model(config, clip_checkpoint)
-    load_adapters(model, checkpoint, allow_other_weights, payload)
+    load_adapters(model, checkpoint, allow_other_weights, payload, from_its_config=True)
     model.eval()
     bank = None
     if with_bank and payload["normal_shots"]:

@@ -13,12 +13,14 @@ cell (a grid entry overrides the same key of ``parameters``). Each cell's folder
 after its grid values (``shots-1_seed-0``; characters other than letters, digits, ``.+-``
 become ``-``) and is checked to lie directly below ``output``; two cells may not share one.
 The notebook gets ``out_dir`` = that folder (absolute; the notebook runs in its own folder,
-and string parameters naming existing paths are made absolute too) and must end by writing
-``result.json`` there (:func:`mvfa_lite.outputs.save_result`).
+and parameters that are paths are made absolute too, see :mod:`.sweep_inputs`) and must end
+by writing ``result.json`` there (:func:`mvfa_lite.outputs.save_result`). A grid has at
+most :data:`MAX_CELLS` cells, counted before any is built; ``1e-3`` is a number.
 
 The output folder is the only record of progress. A cell counts as finished when its
 ``result.json`` exists and the parameters recorded beside it (``cell.json``) equal the
-requested ones, so a sweep killed at any moment resumes where it stopped, on any executor.
+requested ones (and the files and folders it read have the recorded path and fingerprint),
+so a sweep killed at any moment resumes where it stopped, on any executor.
 A finished cell whose recorded parameters differ (``epochs`` changed in the grid file) is
 refused with the differences, or run again with ``force``. The executed notebook is written
 to ``.partial.ipynb`` while it runs, renamed to ``notebook.ipynb`` on success or
@@ -33,6 +35,7 @@ import hashlib
 import itertools
 import json
 import keyword
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +45,23 @@ import yaml
 from ..errors import MVFAError
 from ..outputs import RESULT_FILE, write_json
 from .executors import CellResult, Resources, make_executor
+from .sweep_inputs import absolute, changed_inputs, inputs, writer_lock
 
 RECORD_FILE = "cell.json"       # the parameters a cell was run with
 LOG_FILE = "log.txt"            # what its notebook printed
 SECTIONS = {"notebook", "output", "parameters", "grid", "resources"}
+#: the most cells a grid may have (checked before the cells are built)
+MAX_CELLS = 10_000
 _UNSET = "(unset)"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as text; read it as the number it means (YAML 1.2)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 @dataclass
@@ -56,8 +71,9 @@ class Cell:
     folder: Path            # absolute, directly below the sweep's output folder
     notebook: Path          # absolute
     parameters: dict        # as the grid file gives them; recorded in cell.json
-    inject: dict            # what papermill passes: existing paths absolute, plus out_dir
+    inject: dict            # what papermill passes: paths absolute, plus out_dir
     kernel: str | None = None
+    inputs: dict = field(default_factory=dict)   # key -> path and fingerprint, in cell.json
 
     @property
     def log(self) -> Path:
@@ -91,14 +107,15 @@ class Grid:
 
     def cells(self, kernel: str | None = None) -> list[Cell]:
         output = self.output.resolve()
-        cells = []
+        cells, cache = [], {}
         for name, parameters in self.runs():
             folder = output / name
             if folder.resolve().parent != output:
                 raise MVFAError(f"grid file {self.path}: the folder of cell {name!r} would lie "
                                 f"outside {output} ({folder} leads to {folder.resolve()}).")
-            inject = {**_absolute(parameters), "out_dir": str(folder)}
-            cells.append(Cell(name, folder, self.notebook.resolve(), parameters, inject, kernel))
+            inject = {**absolute(parameters), "out_dir": str(folder)}
+            cells.append(Cell(name, folder, self.notebook.resolve(), parameters, inject, kernel,
+                              inputs(inject, cache)))
         return cells
 
 
@@ -116,7 +133,7 @@ def load_grid(path: str | Path) -> Grid:
     if not path.is_file():
         raise MVFAError(f"grid file {path} does not exist.")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -141,6 +158,11 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(values, list) or not values:
             raise MVFAError(f"{where}: grid.{key} must be a non-empty list of values, e.g. "
                             f"{key}: [1, 2, 4], not {_kind(values)}.")
+    count = math.prod(len(values) for values in grid.values())
+    if count > MAX_CELLS:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in grid.items())
+        raise MVFAError(f"{where}: the grid has {count} cells ({sizes}), more than "
+                        f"{MAX_CELLS}; split it into several grid files or shorten the lists.")
     base = path.parent
     notebook = _resolve(base, spec["notebook"])
     if not notebook.is_file():
@@ -161,12 +183,21 @@ def run_sweep(grid_path: str | Path, *, executor="local", dry_run: bool = False,
     differ from the requested ones (otherwise refused)."""
     grid = load_grid(grid_path)
     cells = grid.cells(kernel)
-    todo, report = _plan(grid, cells, force)
     if dry_run:
+        todo, report = _plan(grid, cells, force)
         for cell in todo:
             print(f"to do: {cell.name}")
+        for key, value in sorted({(k, v["path"]) for c in todo for k, v in c.inputs.items()}):
+            print(f"reads {key} = {value}")     # relative paths: from the current folder
         print(f"sweep {grid.output}: {len(todo)} to do, {len(report.skipped)} finished")
         return report
+    with writer_lock(grid.output.resolve(), f"sweep {grid.path}"):
+        return _run(grid, cells, force, executor, progress, resources, executor_options)
+
+
+def _run(grid: Grid, cells: list[Cell], force, executor, progress, resources,
+         executor_options) -> SweepReport:
+    todo, report = _plan(grid, cells, force)
     if isinstance(executor, str):
         executor = make_executor(executor, grid.resources.updated(**(resources or {})),
                                  progress=progress, **executor_options)
@@ -196,7 +227,7 @@ def run_cell(cell: Cell, progress: bool = False) -> CellResult:
     for stale in (RESULT_FILE, "error.txt", "failed.ipynb"):
         (folder / stale).unlink(missing_ok=True)
     write_json(folder / RECORD_FILE, {"notebook": cell.notebook.name,
-                                      "parameters": cell.parameters})
+                                      "parameters": cell.parameters, "inputs": cell.inputs})
     partial = folder / ".partial.ipynb"
     try:
         with open(cell.log, "w") as log:
@@ -285,7 +316,8 @@ def _plan(grid: Grid, cells: list[Cell], force: bool) -> tuple[list[Cell], Sweep
         if not (cell.folder / RESULT_FILE).exists():
             todo.append(cell)
             continue
-        difference = _difference(_recorded(cell.folder), cell.parameters)
+        difference = _difference(_recorded(cell.folder), cell.parameters) or \
+            changed_inputs(cell.folder / RECORD_FILE, cell.inputs)
         if not difference:
             report.skipped.append(cell.name)
             continue
@@ -357,13 +389,6 @@ def _kind(value) -> str:
 
 def _listing(names: set[str]) -> str:
     return ", ".join(sorted(names - {"out_dir"}))
-
-
-def _absolute(parameters: dict) -> dict:
-    """The notebook runs in its own folder: parameters naming an existing file or folder
-    (relative to where the sweep was started) are passed as absolute paths."""
-    return {key: str(Path(value).resolve()) if isinstance(value, str) and value
-            and Path(value).exists() else value for key, value in parameters.items()}
 
 
 def _resolve(base: Path, value: str) -> Path:

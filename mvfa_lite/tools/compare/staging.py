@@ -114,12 +114,16 @@ def check_official_python(python: str, code: Path) -> None:
 
 
 def stage_code(official_dir: Path, work: Path, clip_file: Path) -> Path:
-    """A copy of the official code in ``work/code``: the CPU patch, the CLIP weights linked."""
+    """A copy of the official code in ``work/code``: the CPU patch, the CLIP weights linked.
+    Links are copied as links, never followed (a link loop or a link to /usr would be copied
+    whole); a link that leads out of the checkout is refused."""
     code = work / "code"
-    shutil.copytree(official_dir, code, ignore=shutil.ignore_patterns(
-        ".git", "images", "data", "*.pth", "*.pt", "__pycache__"))
+    ignore = shutil.ignore_patterns(*_NOT_COPIED)
+    _refuse_outside_links(official_dir, ignore)
+    shutil.copytree(official_dir, code, symlinks=True, ignore=ignore)
     for path in [code, *code.rglob("*")]:       # a read-only checkout gives a read-only copy
-        path.chmod(path.stat().st_mode | 0o200)
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o200)
     adapter = code / "CLIP/adapter.py"
     adapter.write_text(adapter.read_text().replace(CUDA_LINE, ".to(x.device)"))
     (code / "CLIP/ckpt").mkdir(exist_ok=True)
@@ -127,6 +131,28 @@ def stage_code(official_dir: Path, work: Path, clip_file: Path) -> Path:
     for folder in ("data", "ckpt/few-shot"):
         (code / folder).mkdir(parents=True, exist_ok=True)
     return code
+
+
+_NOT_COPIED = (".git", "images", "data", "*.pth", "*.pt", "__pycache__")
+
+
+def _refuse_outside_links(official_dir: Path, ignore) -> None:
+    """MVFAError, one line, for the first link below ``official_dir`` (what is copied) that
+    leads outside it. Links inside it, loops included, are copied as they are."""
+    top = Path(os.path.realpath(official_dir))
+    for folder, folders, files in os.walk(official_dir):
+        skipped = ignore(folder, folders + files)
+        folders[:] = [f for f in folders if f not in skipped]
+        for name in folders + files:
+            link = Path(folder) / name
+            if name in skipped or not link.is_symlink():
+                continue
+            target = Path(os.path.realpath(link))       # never raises, even for a loop
+            if target != top and top not in target.parents:
+                raise MVFAError(f"official checkout {official_dir}: the link {link} -> "
+                                f"{os.readlink(link)} leads outside the checkout (to {target}); "
+                                "links are not followed when the code is copied: replace it by "
+                                "the file itself or remove it.")
 
 
 def stage_dataset(dataset: ADDataset, key: str, code: Path, shots: int, seed: int) -> Path:
