@@ -202,8 +202,8 @@ def test_mask_with_background_1_is_not_a_whole_image_lesion(tmp_path, recwarn):
 def test_empty_masks_are_named_and_dropped_pixel_metrics_said(tmp_path):
     root = make_dataset(tmp_path / "d", abnormal=2)
     empty = write_mask(root, "a00.png", lesion(1))          # a 0/1 mask reads as empty
-    with pytest.warns(DataWarning, match=rf"1 abnormal image\(s\) of .* have an empty mask: "
-                                         rf".*a00.png\..*saved as 0/1 reads as empty") as info:
+    with pytest.warns(DataWarning, match=r"1 abnormal image\(s\) of .* have an empty mask: "
+                                         r".*a00.png\..*saved as 0/1 reads as empty") as info:
         ADDataset(root, "test").check(PATCH, progress=False)
     assert not any("left out" in str(w.message) for w in info)
     write_mask(root, "a01.png", lesion(0))

@@ -14,8 +14,14 @@ import pytest
 
 from mvfa_lite import outputs
 from mvfa_lite.errors import OutputError
-from mvfa_lite.outputs import (EVALUATE_FILES, OUTPUT_MARKER, PREDICT_FILES, TRAIN_FILES,
-                               OutputFolder, write_json)
+from mvfa_lite.outputs import (
+    EVALUATE_FILES,
+    OUTPUT_MARKER,
+    PREDICT_FILES,
+    TRAIN_FILES,
+    OutputFolder,
+    write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

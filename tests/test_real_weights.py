@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from hf_cache import hub_env, hub_repo, make_hf_cache, random_state_dict
 
 REPO = Path(__file__).resolve().parent.parent
