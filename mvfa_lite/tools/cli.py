@@ -339,6 +339,9 @@ def _add_compare_official(commands) -> None:
     parser.add_argument("--speed-precision", choices=["fp32", "auto"], default="fp32",
                          help="mvfa-lite's precision in the timed run (the official code runs "
                          "fp32 on a CPU); auto = bf16 where measured faster")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                         help="where both programs run (the official code takes cuda:0 and "
+                         "its fp16 autocast on a GPU); default: cpu")
     parser.add_argument("--work-dir", help="a new or empty folder to stage in, kept "
                          "(default: a temporary folder, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -361,6 +364,7 @@ def _compare_official(args) -> int:
                               split=args.split, shots=args.shots, model_name=args.model_name,
                               clip_checkpoint=args.clip_checkpoint,
                               parts=args.parts, speed_precision=args.speed_precision,
+                              device=args.device,
                               work_dir=args.work_dir, resume=args.resume,
                               keep=args.keep, **data)
     report["command"] = "mvfa-lite compare-official " + " ".join(sys.argv[2:]) \
