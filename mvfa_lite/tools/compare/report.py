@@ -71,7 +71,8 @@ def _wrapped(line: str, width: int = 96) -> str:
     if len(line) <= width:
         return line
     indent = " " * (len(line) - len(line.lstrip()) + 4)
-    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent))
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent,
+                                   break_on_hyphens=False))
 
 
 def _scoring_lines(report: dict) -> list[str]:
