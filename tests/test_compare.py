@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,8 +25,9 @@ from mvfa_lite.tools.compare.agreement import (
     data_order,
     step_agreement,
 )
-from mvfa_lite.tools.compare.comparison import compare_official
+from mvfa_lite.tools.compare.comparison import _Comparison, compare_official
 from mvfa_lite.tools.compare.driver import fingerprint
+from mvfa_lite.tools.compare.report import _speed_lines, speed_report
 from mvfa_lite.tools.compare.staging import (
     CUDA_LINE,
     OURS_PHASES,
@@ -273,3 +275,25 @@ def test_a_phase_is_named_from_its_function_and_found_in_a_profile(tmp_path):
     assert name == "agreement.py:step_agreement"
     assert phase_seconds(tmp_path / "run.prof", [name])[name] > 0
     assert "train.py:select" in OURS_PHASES and "shots.py:augment_shots" in OURS_PHASES
+
+
+def test_speed_on_a_gpu_has_no_cpu_peak_and_names_each_precision():
+    run = {"wall_s": 4.0, "cpu_s": 6.0, "load_average": [0.0, 0.0], "phases_s": {},
+           "flops": {"forward": 4e9, "backward": 2e9}}
+    report = speed_report(run, {**run, "wall_s": 1.0}, None,
+                          {"official": "fp16", "ours": "bf16"}, "one epoch")
+    assert report["ratios"]["wall"] == 4 and "targets" not in report
+    assert "fraction_of_peak" not in report["ours"] and report["official"]["precision"] == "fp16"
+    printed = "\n".join(_speed_lines(report))
+    assert "GEMM peak" not in printed and "fp16" in printed and "4.00x" in printed
+
+
+def test_speed_without_a_matched_order_is_recorded_unmeasured():
+    # training() leaves no ours_flops when the official order cannot be matched to our shots
+    reason = "the official training images could not be matched"
+    part = SimpleNamespace(done={}, report={"training": {"order_reproduced": False,
+                                                         "reason": reason}})
+    _Comparison.speed(part, "Brain", "fp32")                # nothing run, nothing raised
+    speed = part.report["speed"]
+    assert speed["measured"] is False and reason in speed["reason"]
+    assert reason in "\n".join(_speed_lines(speed))

@@ -32,8 +32,6 @@ from .official import (
 BENCH_SIZES = dict(batch_size=64, train_batch=32, epochs=50, test_images=3715,
                    zero_shot_images=20000)
 BENCH_QUICK = dict(batch_size=16, train_batch=16, epochs=1, test_images=32, zero_shot_images=64)
-
-
 ALLOW_OTHER_WEIGHTS = ("load the adapters even into other CLIP weights than they were trained "
                        "with (a loud warning; the numbers then do not measure the trained model)")
 CHOICES = {"protocol": list(PROTOCOLS), "precision": list(PRECISIONS),
@@ -129,19 +127,19 @@ def _add_train(commands) -> None:
                                 description="Train the adapters, then evaluate on the test split. "
                                 "Writes adapters.pth, metrics.json and scores.csv to --out.")
     parser.add_argument("root", help="dataset folder in the BMAD layout (e.g. data/Brain_AD) or a "
-                       "shipped set's name (chestxray_synthlesion, chestxray_kermany224)")
+                        "shipped set's name (chestxray_synthlesion, chestxray_kermany224)")
     parser.add_argument("--setting", choices=["few-shot", "zero-shot"], default="few-shot")
     parser.add_argument("--support-split",
-                       help="few-shot: split the shots come from (default valid; a shipped "
-                       "set's own)")
+                        help="few-shot: split the shots come from (default valid; a shipped "
+                        "set's own)")
     parser.add_argument("--test-split", help="default test (a shipped set's own)")
     parser.add_argument("--seed-file", help="few-shot: official k-shot.txt file listing the shots")
     parser.add_argument("--iterate", type=_at_least(0), default=0,
-                       help="draw index in the seed file")
+                        help="draw index in the seed file")
     parser.add_argument("--sources", nargs="+", default=[],
-                       help="zero-shot: the other datasets' folders (or names) to train on")
+                        help="zero-shot: the other datasets' folders (or names) to train on")
     parser.add_argument("--source-split", default="test",
-                       help="zero-shot: split of the sources to train on (official: test)")
+                        help="zero-shot: split of the sources to train on (official: test)")
     parser.add_argument("--out", default="runs/latest", help="output folder")
     parser.add_argument("--save-maps", action="store_true", help="also write maps.npz")
     _add_config_options(parser)
@@ -180,7 +178,7 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--clip-checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--zero-shot-only", action="store_true",
-                          help="ignore the few-shot memory bank")
+                        help="ignore the few-shot memory bank")
     parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     parser.add_argument("--out", help="write metrics.json and scores.csv here")
     parser.add_argument("--save-maps", action="store_true")
@@ -210,7 +208,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("images", help="a folder of images (searched recursively) or one image")
     parser.add_argument("--out", default="predictions")
     parser.add_argument("--object", help="object word for the prompts (default: the "
-                         "checkpoint's dataset, e.g. 'Brain')")
+                        "checkpoint's dataset, e.g. 'Brain')")
     parser.add_argument("--clip-checkpoint")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
@@ -243,10 +241,10 @@ def _add_sweep(commands) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list the cells still to do")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     parser.add_argument("--force", action="store_true", help="run again finished cells whose "
-                       "recorded parameters differ from the grid's (refused otherwise)")
+                        "recorded parameters differ from the grid's (refused otherwise)")
     parser.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
-                       help="local: one cell after another here; slurm: a submitit job array "
-                       "(pip install 'mvfa-lite[slurm]'); ray: Ray tasks ('mvfa-lite[ray]')")
+                        help="local: one cell after another here; slurm: a submitit job array "
+                        "(pip install 'mvfa-lite[slurm]'); ray: Ray tasks ('mvfa-lite[ray]')")
     cluster = parser.add_argument_group("cluster resources per cell (override the grid "
                                        "file's resources:)")
     cluster.add_argument("--gpus", type=int, help="without it or resources.gpus: slurm 0, ray 1 "
@@ -288,10 +286,10 @@ def _add_bench(commands) -> None:
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--repeats", type=_at_least(1), default=3)
     parser.add_argument("--quick", action="store_true",
-                       help="CPU-sized defaults: one epoch of the k = 4 recipe on a small set "
-                       "(the options given still apply)")
+                        help="CPU-sized defaults: one epoch of the k = 4 recipe on a small set "
+                        "(the options given still apply)")
     parser.add_argument("--baseline", action="store_true",
-                       help="also time a batch-1 per-image loop like the official code's")
+                        help="also time a batch-1 per-image loop like the official code's")
     parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
     parser.add_argument("--protocol", choices=list(PROTOCOLS), default="paper")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto")
@@ -332,35 +330,36 @@ def _add_compare_official(commands) -> None:
         "CLIP weights, adapter initialisation and data: scoring on a set with masks (as "
         "'Brain') and one without (as 'Chest'), one training epoch at batch 1 in the official "
         "data order, and the speed of that epoch in each program. Prints a table and PASS or "
-        "FAIL; writes a JSON report. The official code is copied and patched in a temporary "
-        "folder, never in place.")
+        "FAIL; writes a JSON report. The official code is copied and patched, never in place.")
     parser.add_argument("official_dir", help="checkout of the official code")
     parser.add_argument("--official-python", default=sys.executable,
-                         help="the Python that runs the official code (its venv, with kornia, "
-                         "ftfy, scikit-learn); default: this one")
+                        help="the Python that runs the official code (its venv, with kornia, "
+                        "ftfy, scikit-learn); default: this one")
     parser.add_argument("--segmentation-data", help="set with masks, run as 'Brain' "
-                         "(a folder or a shipped set's name; default: chestxray_synthlesion)")
+                        "(a folder or a shipped set's name; default: chestxray_synthlesion)")
     parser.add_argument("--classification-data", help="set without masks, run as 'Chest' "
-                         "(default: the shipped chest X-rays)")
+                        "(default: the shipped chest X-rays)")
     parser.add_argument("--split", help="the split of both sets to use (default: each set's "
-                         "test split)")
+                        "test split)")
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--model", dest="model_name", default="ViT-L-14-336",
-                         help="the official code runs ViT-L-14-336 only")
+                        help="the official code runs ViT-L-14-336 only")
     parser.add_argument("--clip-checkpoint", help="real CLIP weights (default: seeded random)")
-    parser.add_argument("--parts", nargs="+",
-                         choices=["scoring", "training", "speed", "checkpoint"],
-                         default=["scoring", "training", "speed"],
-                         help="what to compare (speed needs training); default: all but "
-                         "checkpoint (the official code's saved .pth scored by both)")
+    parser.add_argument("--parts", nargs="+", default=["scoring", "training", "speed"],
+                        choices=["scoring", "training", "speed", "checkpoint"],
+                        help="what to compare (speed needs training); default: all but "
+                        "checkpoint (the official code's saved .pth scored by both)")
     parser.add_argument("--speed-precision", choices=["fp32", "auto"], default="fp32",
-                         help="mvfa-lite's precision in the timed run (the official code runs "
-                         "fp32 on a CPU); auto = bf16 where measured faster")
+                        help="mvfa-lite's precision in the timed run (the official code runs "
+                        "fp32 on a CPU); auto = bf16 where measured faster")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where both programs run (the official code takes cuda:0 and "
+                        "its fp16 autocast on a GPU); default: cpu")
     parser.add_argument("--work-dir", help="a new or empty folder to stage in, kept "
-                         "(default: a temporary folder, removed at the end)")
+                        "(default: a temporary folder, removed at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--resume", action="store_true",
-                         help="finish an interrupted run in --work-dir (same inputs)")
+                        help="finish an interrupted run in --work-dir (same inputs)")
     parser.add_argument("--out", default="compare-official.json")
     parser.set_defaults(handler=_compare_official)
 
@@ -378,6 +377,7 @@ def _compare_official(args) -> int:
                               split=args.split, shots=args.shots, model_name=args.model_name,
                               clip_checkpoint=args.clip_checkpoint,
                               parts=args.parts, speed_precision=args.speed_precision,
+                              device=args.device,
                               work_dir=args.work_dir, resume=args.resume,
                               keep=args.keep, **data)
     report["command"] = "mvfa-lite compare-official " + " ".join(sys.argv[2:]) \
@@ -394,6 +394,3 @@ def _report(weights: str, metrics: dict, out) -> None:
     if out:
         print(f"results written to {out}")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,6 +4,7 @@ redo it. See the package docstring and book/benchmarks.md for what each part com
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from ...outputs import atomic_write
 from ...protocols.evaluate import StemSet, build_memory_bank, score_dataset
 from ...protocols.experiment import build_model, evaluate_checkpoint, few_shot_data
 from ...protocols.train import Source, compute_stems, fit
-from ...runtime import machine
+from ...runtime import machine, resolve_precision
 from ..bench import gemm_peak
 from ..flops import FlopCount
 from ..official import OFFICIAL_DATASETS
@@ -64,15 +65,17 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
                      classification_data=None, split: str | None = None, shots: int = 4,
                      model_name: str = "ViT-L-14-336", clip_checkpoint=None, init_seed: int = 123,
                      shot_seed: int = 0, parts=DEFAULT_PARTS, speed_precision: str = "fp32",
-                     work_dir=None, keep: bool = False, resume: bool = False,
-                     say=print) -> dict:
+                     device: str = "cpu", work_dir=None, keep: bool = False,
+                     resume: bool = False, say=print) -> dict:
     """Run both programs on the same inputs; returns the report (see :func:`.report.format_report`).
 
     ``segmentation_data`` / ``classification_data``: dataset folders (one split, ``split``,
     holding normal and abnormal images; masks for the first), staged as 'Brain' and 'Chest'.
     ``split=None``: each named set's test split, else the folder's only split.
-    ``None`` skips that protocol. Training and speed run on the segmentation set (or the
-    classification set when it is the only one); speed needs training (its FLOP counts).
+    ``None`` skips that protocol. ``device``: "cpu" or "cuda", where both programs run (the
+    official code takes ``cuda:0`` itself, in its fp16 autocast; on "cpu" it is shown no GPU).
+    Training and speed run on the segmentation set (or the classification set when it is the
+    only one); speed needs training (its FLOP counts).
     ``work_dir``: a new or empty folder, kept; with ``resume``, the folder of an interrupted
     run with the same inputs: the parts it finished are read back, the rest is run.
     """
@@ -83,6 +86,8 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
         raise ValueError(f"parts must be some of {PARTS} (speed needs training), got {parts}")
     if speed_precision not in ("fp32", "auto"):
         raise ValueError(f"speed_precision must be 'fp32' or 'auto', got {speed_precision!r}")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     sets = {key: ADDataset(root, split or default_split(Path(root))) for key, root in
             ((PROTOCOL_KEYS["segmentation"], segmentation_data),
              (PROTOCOL_KEYS["classification"], classification_data)) if root is not None}
@@ -103,7 +108,7 @@ def compare_official(official_dir, *, official_python: str, segmentation_data=No
     (work / "inputs.json").write_text(json.dumps(inputs, indent=1))
     try:
         return _Comparison(official_dir, official_python, sets, shots, model_name,
-                           clip_checkpoint, init_seed, shot_seed, work, say).run(
+                           clip_checkpoint, init_seed, shot_seed, device, work, say).run(
                                parts, speed_precision)
     finally:
         if work_dir is None and not keep:
@@ -129,8 +134,12 @@ class _Comparison:
     """The inputs staged once, then each part of the comparison (one method each)."""
 
     def __init__(self, official_dir, official_python, sets, shots, model_name, clip_checkpoint,
-                 init_seed, shot_seed, work, say):
+                 init_seed, shot_seed, device, work, say):
         self.started, self.say, self.work = time.perf_counter(), say, work
+        self.device = device
+        # the official code takes cuda:0 whenever it sees a GPU
+        self.official_env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if device == "cpu" \
+            else None
         self.official_python, self.shots = official_python, shots
         self.model_name = model_name
         self.init_seed, self.tiny = init_seed, model_name == TINY_MODEL
@@ -154,7 +163,7 @@ class _Comparison:
         self.roots = {key: self.code / "data" / f"{key}_AD" for key in sets}
         (work / "logs").mkdir(exist_ok=True)
         self.config = MVFAConfig(model_name=model_name, protocol="paper", precision="fp32",
-                                 pretrained="random" if self.tiny else "openai", device="cpu",
+                                 pretrained="random" if self.tiny else "openai", device=device,
                                  shots=shots, epochs=1)
         self.step("building mvfa-lite's model")
         self.model = build_model(self.config, None if self.tiny else self.clip_file)
@@ -163,7 +172,7 @@ class _Comparison:
                               *map(str, levels)]
         self.report = {
             "official_dir": str(official_dir), "model": model_name, "shots": shots,
-            "init_seed": init_seed, "machine": machine(),
+            "init_seed": init_seed, "device": device, "machine": machine(),
             "weights": "seeded random (torch.manual_seed(0)): the figures test the code, they "
                        "are not results" if clip_checkpoint is None else str(self.clip_file)}
 
@@ -227,7 +236,7 @@ class _Comparison:
                 self.work / "logs" / f"official-score-{key}.log", cwd=self.code,
                 init=dict(init_seed=self.init_seed, init_path=init_path, width=backbone.width,
                           bottleneck=backbone.embed_dim, levels=len(self.model.levels),
-                          losses=self.work / "loss-inputs.pt"))
+                          losses=self.work / "loss-inputs.pt"), env=self.official_env)
             self.step(f"mvfa-lite scoring ({key}) ...")
             banks_from_official(self.model, torch.load(init_path, weights_only=True))
             shots, test = self.data(key)
@@ -255,7 +264,7 @@ class _Comparison:
             self.python, ["train_few.py", "--obj", key, *self.official_args, "--epoch", "1",
                           "--save_model", "0"],
             self.work / "official-train.pt", self.work / "logs" / "official-train.log",
-            cwd=self.code, count_flops=True)
+            cwd=self.code, count_flops=True, env=self.official_env)
         self.step("mvfa-lite training epoch in the official order ...")
         shots, test = self.data(key)
         order, worst = data_order(official["fingerprints"], shots)
@@ -352,22 +361,28 @@ class _Comparison:
         if "speed" in self.done:
             self.report["speed"] = self.done["speed"]
             return
-        peak = gemm_peak()
+        training = self.report["training"]
+        if "ours_flops" not in training:    # the official order was not matched: nothing counted
+            self.report["speed"] = {"measured": False, "reason": "mvfa-lite's FLOP were not "
+                                    "counted: " + training.get("reason", "training failed")}
+            return
+        peak = gemm_peak() if self.device == "cpu" else None
         self.step("official training epoch, timed (train_few.py --epoch 1) ...")
         official = timed_run(
             [self.python, "train_few.py", "--obj", key, *self.official_args, "--epoch", "1",
              "--save_model", "0"], cwd=self.code, log=self.work / "logs" / "official-timed.log",
-            phases=OFFICIAL_PHASES)
+            phases=OFFICIAL_PHASES, env=self.official_env)
         self.step(f"mvfa-lite train, timed ({precision}) ...")
-        ours = timed_run([sys.executable, "-m", "mvfa_lite.tools.cli", *self.train_arguments(
+        ours = timed_run([sys.executable, "-m", "mvfa_lite", *self.train_arguments(
             key, precision)], cwd=self.work, log=self.work / "logs" / "ours-timed.log",
             phases=OURS_PHASES, env=ours_env())
-        training = self.report["training"]
         test_images = len(ADDataset(self.roots[key], "test"))
         augmented = 2 * AUGMENTATIONS_PER_SHOT * self.shots     # k normal + k abnormal shots
         self.report["speed"] = speed_report(
             {**official, "flops": training["official_flops"]},
-            {**ours, "flops": training["ours_flops"]}, peak, precision,
+            {**ours, "flops": training["ours_flops"]}, peak,
+            {"official": "fp32" if self.device == "cpu" else "fp16",
+             "ours": resolve_precision(precision, torch.device(self.device))},
             f"{key}, k = {self.shots}: one epoch of {augmented} augmented shots at batch 1, "
             f"then the memory bank and one test pass over {test_images} images (the official "
             "epoch selection)")
@@ -376,7 +391,7 @@ class _Comparison:
     def train_arguments(self, key: str, precision: str) -> list[str]:
         arguments = ["train", str(self.roots[key]), "--support-split", "valid", "--test-split",
                      "test", "--seed-file", str(self.seed_file(key)), "--shots", str(self.shots),
-                     "--epochs", "1", "--protocol", "paper", "--device", "cpu",
+                     "--epochs", "1", "--protocol", "paper", "--device", self.device,
                      "--out", str(self.work / "ours-train")]
         if self.tiny:
             arguments += ["--model", TINY_MODEL, "--pretrained", "random"]

@@ -1,36 +1,41 @@
-"""What compare-official reports: the speed figures (rates against the measured GEMM peak,
-the ratios of the two programs) and the text table the command prints."""
+"""What compare-official reports: the speed figures (rates against the measured GEMM peak on
+a CPU, the ratios of the two programs) and the text table the command prints."""
 from __future__ import annotations
 
 import textwrap
 
-from ...runtime import cpu_precision
 from .agreement import EXACT_STEPS, ROUNDING_FACTOR, STEP_TOLERANCE
 
 
-def speed_report(official: dict, ours: dict, peak: dict, precision: str, recipe: str) -> dict:
-    """Seconds (timed runs) and FLOP (counted runs) of each program -> rates and ratios."""
-    ours_dtype = cpu_precision() if precision == "auto" else "fp32"
-
+def speed_report(official: dict, ours: dict, peak: dict | None, precisions: dict,
+                 recipe: str) -> dict:
+    """Seconds (timed runs) and FLOP (counted runs) of each program -> rates and ratios.
+    ``peak``: this CPU's matrix-multiply rates (``bench.gemm_peak``), None on a GPU, where the
+    fractions of peak and the CPU targets are left out. ``precisions``: the arithmetic of
+    each program, ``{"official": ..., "ours": ...}``."""
     def program(run: dict, dtype: str) -> dict:
         forward, backward = run["flops"]["forward"], run["flops"]["backward"]
         total = forward + backward
         rate, per_cpu_second = total / run["wall_s"] / 1e9, total / run["cpu_s"] / 1e9
-        return {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "precision": dtype,
-                "load_average": run["load_average"],
-                "gflop_forward": forward / 1e9, "gflop_backward": backward / 1e9,
-                "gflop": total / 1e9, "gflop_per_s": rate, "fraction_of_peak": rate / peak[dtype],
-                "gflop_per_cpu_s": per_cpu_second,
-                "fraction_of_core_peak": per_cpu_second / (peak[dtype] / peak["threads"]),
-                "phases_s": run["phases_s"]}
+        row = {"wall_s": run["wall_s"], "cpu_s": run["cpu_s"], "precision": dtype,
+               "load_average": run["load_average"],
+               "gflop_forward": forward / 1e9, "gflop_backward": backward / 1e9,
+               "gflop": total / 1e9, "gflop_per_s": rate, "gflop_per_cpu_s": per_cpu_second,
+               "phases_s": run["phases_s"]}
+        if peak is not None:
+            row["fraction_of_peak"] = rate / peak[dtype]
+            row["fraction_of_core_peak"] = per_cpu_second / (peak[dtype] / peak["threads"])
+        return row
     result = {"recipe": recipe, "gemm_peak_gflop_per_s": peak,
-              "official": program(official, "fp32"), "ours": program(ours, ours_dtype)}
+              "official": program(official, precisions["official"]),
+              "ours": program(ours, precisions["ours"])}
     o, m = result["official"], result["ours"]
     result["ratios"] = {"wall": o["wall_s"] / m["wall_s"], "cpu": o["cpu_s"] / m["cpu_s"],
                         "work": o["gflop"] / m["gflop"]}
-    result["targets"] = {
-        "ours_at_least_70_percent_of_peak": m["fraction_of_peak"] >= 0.7,
-        "cpu_ratio_at_least_work_ratio": result["ratios"]["cpu"] >= result["ratios"]["work"]}
+    if peak is not None:
+        result["targets"] = {
+            "ours_at_least_70_percent_of_peak": m["fraction_of_peak"] >= 0.7,
+            "cpu_ratio_at_least_work_ratio": result["ratios"]["cpu"] >= result["ratios"]["work"]}
     return result
 
 
@@ -45,8 +50,10 @@ def format_report(report: dict) -> str:
     units = f" ({', '.join(m['matrix_units'])})" if m.get("matrix_units") else ""
     lines = [f"compare-official: {report['official_dir']}",
              f"model {report['model']}, weights: {report['weights']}",
-             f"machine: {m['cpu']}{units}, {m['threads']} threads, torch {m['torch']}; "
-             "both programs in fp32 for scores and training", ""]
+             f"machine: {m['cpu']}{units}, {m['threads']} threads, torch {m['torch']}; " + (
+                 f"on {m['gpu']}: the official code in its fp16 autocast, mvfa-lite in fp32 "
+                 "for scores and training" if report.get("device") == "cuda"
+                 else "both programs in fp32 for scores and training"), ""]
     if "scoring" in report:
         lines += _scoring_lines(report)
     if "training" in report:
@@ -66,7 +73,8 @@ def _wrapped(line: str, width: int = 96) -> str:
     if len(line) <= width:
         return line
     indent = " " * (len(line) - len(line.lstrip()) + 4)
-    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent))
+    return "\n".join(textwrap.wrap(line, width, subsequent_indent=indent,
+                                   break_on_hyphens=False))
 
 
 def _scoring_lines(report: dict) -> list[str]:
@@ -141,13 +149,16 @@ def _training_lines(t: dict) -> list[str]:
 
 
 def _speed_lines(s: dict) -> list[str]:
+    if s.get("measured") is False:
+        return ["", f"speed: not measured: {s['reason']}"]
     peak = s["gemm_peak_gflop_per_s"]
     o, ours, r = s["official"], s["ours"], s["ratios"]
-    lines = ["", f"speed: {s['recipe']}",
-             "  GEMM peak measured in this run: " + ", ".join(
-                 f"{name} {value:.0f} GFLOP/s" for name, value in peak.items()
-                 if name != "threads") + f" ({peak['threads']} threads)",
-             f"  {'':<24}{'official':>12}{'mvfa-lite':>12}{'ratio':>8}"]
+    lines = ["", f"speed: {s['recipe']}"]
+    if peak is not None:
+        lines.append("  GEMM peak measured in this run: " + ", ".join(
+            f"{name} {value:.0f} GFLOP/s" for name, value in peak.items()
+            if name != "threads") + f" ({peak['threads']} threads)")
+    lines.append(f"  {'':<24}{'official':>12}{'mvfa-lite':>12}{'ratio':>8}")
     rows = [("precision", o["precision"], ours["precision"], ""),
             ("wall seconds", f"{o['wall_s']:.1f}", f"{ours['wall_s']:.1f}", f"{r['wall']:.2f}x"),
             ("CPU seconds", f"{o['cpu_s']:.1f}", f"{ours['cpu_s']:.1f}", f"{r['cpu']:.2f}x"),
@@ -156,18 +167,20 @@ def _speed_lines(s: dict) -> list[str]:
             ("GFLOP total (work)", f"{o['gflop']:.0f}", f"{ours['gflop']:.0f}",
              f"{r['work']:.2f}x"),
             ("GFLOP/s (wall)", f"{o['gflop_per_s']:.1f}", f"{ours['gflop_per_s']:.1f}", ""),
-            ("  of the GEMM peak", f"{o['fraction_of_peak']:.0%}",
-             f"{ours['fraction_of_peak']:.0%}", ""),
+            ("  of the GEMM peak", "fraction_of_peak"),
             ("GFLOP per CPU second", f"{o['gflop_per_cpu_s']:.1f}",
              f"{ours['gflop_per_cpu_s']:.1f}", ""),
-            ("  of one core's peak", f"{o['fraction_of_core_peak']:.0%}",
-             f"{ours['fraction_of_core_peak']:.0%}", ""),
+            ("  of one core's peak", "fraction_of_core_peak"),
             ("load average before/after", "/".join(f"{x:.1f}" for x in o["load_average"]),
              "/".join(f"{x:.1f}" for x in ours["load_average"]), "")]
+    rows = [(row[0], f"{o[row[1]]:.0%}", f"{ours[row[1]]:.0%}", "") if len(row) == 2 else row
+            for row in rows if len(row) == 4 or peak is not None]    # fractions: CPU only
     lines += [f"  {a:<24}{b:>12}{c:>12}{d:>8}" for a, b, c, d in rows]
     for name, program in (("official", o), ("mvfa-lite", ours)):
         phases = ", ".join(f"{k.split(':')[1]} {v:.1f} s" for k, v in program["phases_s"].items())
         lines.append(f"  {name} phases: {phases}")
+    if peak is None:
+        return lines
     targets = s["targets"]
     lines.append(f"  targets: mvfa-lite at >= 70% of the GEMM peak: "
                  f"{'met' if targets['ours_at_least_70_percent_of_peak'] else 'not met'}; "

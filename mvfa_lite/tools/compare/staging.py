@@ -246,9 +246,9 @@ def default_datasets() -> dict:
 
 # --- running a program in its own process ------------------------------------------------------
 def run_observed(python: str, script_and_args: list[str], out: Path, log: Path, *, cwd: Path,
-                 count_flops: bool = False, init: dict | None = None) -> dict:
-    """Run an official script under driver.py in its own process; return its record
-    (read back when ``out`` exists: a resumed run)."""
+                 count_flops: bool = False, init: dict | None = None, env=None) -> dict:
+    """Run an official script under driver.py in its own process (in ``env``, default this
+    process's environment); return its record (read back when ``out`` exists: a resumed run)."""
     if out.is_file():
         return torch.load(out, weights_only=True)
     command = [python, driver.__file__, "--official"]
@@ -257,7 +257,7 @@ def run_observed(python: str, script_and_args: list[str], out: Path, log: Path, 
     for name, value in (init or {}).items():
         command += [f"--{name.replace('_', '-')}", str(value)]
     with atomic_write(out) as temporary:
-        _run([*command, "--out", str(temporary), "--", *script_and_args], cwd, log)
+        _run([*command, "--out", str(temporary), "--", *script_and_args], cwd, log, env)
     return torch.load(out, weights_only=True)
 
 
