@@ -152,7 +152,7 @@ class OutputFolder:
         leftovers = sorted((p for p in self.path.parent.glob(f"{glob.escape(prefix)}*-*")
                             if _pid_of(p, prefix) is not None), key=lambda p: p.stat().st_mtime)
         for leftover in reversed(leftovers):                # newest first
-            if _alive(_pid_of(leftover, prefix)):
+            if process_alive(_pid_of(leftover, prefix)):
                 continue
             if leftover.name.startswith(f"{prefix}previous-") and not self.path.exists():
                 os.rename(leftover, self.path)              # the old complete result, back
@@ -257,7 +257,8 @@ def _pid_of(path: Path, prefix: str) -> int | None:
     return int(pid) if kind in ("partial", "previous") and pid.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (this process counts as alive)."""
     if pid == os.getpid() or os.name == "nt":   # os.kill(pid, 0) would end it on Windows
         return True
     try:

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_bad_input import no_training, run_cli  # noqa: F401 (a fixture and a helper)
 
 from mvfa_lite import outputs
 from mvfa_lite.errors import OutputError
@@ -212,22 +213,6 @@ def test_the_official_checkout_is_copied_without_following_links(tmp_path):
 
 # --- 5. settings and seed files: one line, exit 2, before any training --------------------
 
-@pytest.fixture
-def no_training(monkeypatch):
-    from mvfa_lite.protocols import experiment
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("the model was built: the bad input was not caught before training")
-    monkeypatch.setattr(experiment, "build_model", forbidden)
-
-
-def run_cli(capsys, *argv) -> str:
-    from mvfa_lite.tools.cli import main
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1, err
-    assert err.startswith(f"mvfa-lite {argv[0]}: error: "), err
-    return err
 
 
 def train_argv(root, out, *options) -> list:

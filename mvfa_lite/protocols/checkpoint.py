@@ -156,13 +156,9 @@ def load_adapters(model: MVFA, path: str | Path, allow_other_weights: bool = Fal
                    f"({saved.get('weights')}, fingerprint {payload['clip_fingerprint']}) than "
                    f"these ({current.get('weights')}, fingerprint {fingerprint}); its adapters "
                    "only fit the features they were trained on.")
-        if not allow_other_weights:
-            raise CheckpointError(f"{message} Pass the weights it was trained with "
-                                  "(--clip-checkpoint), retrain, or evaluate anyway with "
-                                  "--allow-other-weights (allow_other_weights=True).")
-        payload["weights_warning"] = f"{message} Loaded anyway (allow_other_weights): the " \
-                                     "numbers do not measure the trained model."
-        warnings.warn(f"WARNING: {payload['weights_warning']}", stacklevel=2)
+        _other_weights(payload, message, "Pass the weights it was trained with "
+                       "(--clip-checkpoint), retrain, or evaluate anyway with "
+                       "--allow-other-weights (allow_other_weights=True).", allow_other_weights)
     model.banks.load_state_dict(payload["adapters"])
     return payload
 
@@ -173,14 +169,20 @@ def _check_official_weights(payload: dict, current: dict, path, allow_other_weig
     if expected == "random" or not current.get("weights_random"):
         return
     message = (f"official checkpoint {path} expects {payload['backbone']['model_name']} with "
-               f"'{expected}' weights, but random weights are loaded")
-    if not allow_other_weights:
-        raise CheckpointError(f"{message}; give the real weights (--clip-checkpoint "
-                              "ViT-L-14-336px.pt, or let open_clip fetch 'openai'), or evaluate "
-                              "anyway with --allow-other-weights.")
-    payload["weights_warning"] = f"{message}. Loaded anyway (allow_other_weights): the " \
+               f"'{expected}' weights, but random weights are loaded.")
+    _other_weights(payload, message, "Give the real weights (--clip-checkpoint "
+                   "ViT-L-14-336px.pt, or let open_clip fetch 'openai'), or evaluate anyway "
+                   "with --allow-other-weights.", allow_other_weights)
+
+
+def _other_weights(payload: dict, message: str, fix: str, allowed: bool) -> None:
+    """Adapters meet other CLIP weights than theirs: refused, or (``allowed``) a loud warning
+    kept in ``payload["weights_warning"]``."""
+    if not allowed:
+        raise CheckpointError(f"{message} {fix}")
+    payload["weights_warning"] = f"{message} Loaded anyway (allow_other_weights): the " \
                                  "numbers do not measure the trained model."
-    warnings.warn(f"WARNING: {payload['weights_warning']}", stacklevel=3)
+    warnings.warn(f"WARNING: {payload['weights_warning']}", stacklevel=4)
 
 
 def _check_shapes(model: MVFA, adapters: dict, path) -> None:

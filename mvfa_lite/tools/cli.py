@@ -175,15 +175,21 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("root", help="dataset folder or a shipped set's name")
     parser.add_argument("--split", help="default test (a shipped set's own)")
-    parser.add_argument("--clip-checkpoint")
-    parser.add_argument("--device", default="auto")
     parser.add_argument("--zero-shot-only", action="store_true",
                         help="ignore the few-shot memory bank")
-    parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
     parser.add_argument("--out", help="write metrics.json and scores.csv here")
     parser.add_argument("--save-maps", action="store_true")
-    add_official_options(parser)
+    _add_checkpoint_options(parser)
     parser.set_defaults(handler=_evaluate)
+
+
+def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    """What evaluate and predict share: the weights beside the checkpoint, the device, and
+    the options of an official MVFA .pth."""
+    parser.add_argument("--clip-checkpoint")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
+    add_official_options(parser)
 
 
 def _evaluate(args) -> int:
@@ -209,10 +215,7 @@ def _add_predict(commands) -> None:
     parser.add_argument("--out", default="predictions")
     parser.add_argument("--object", help="object word for the prompts (default: the "
                         "checkpoint's dataset, e.g. 'Brain')")
-    parser.add_argument("--clip-checkpoint")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--allow-other-weights", action="store_true", help=ALLOW_OTHER_WEIGHTS)
-    add_official_options(parser)
+    _add_checkpoint_options(parser)
     parser.add_argument("--relative", action="store_true",
                         help="min-max normalise over the images given instead (scores relative "
                         "to each other; no yes/no)")
@@ -236,7 +239,7 @@ def _add_sweep(commands) -> None:
                                 "here, on SLURM (submitit) or on Ray; finished cells (result.json "
                                 "written with the same parameters) are skipped, so a killed or "
                                 "re-submitted sweep resumes where it stopped. Grid format: see "
-                                "mvfa_lite/sweep.py or sweeps/*.yaml.")
+                                "mvfa_lite/tools/sweep.py or sweeps/*.yaml.")
     parser.add_argument("grid", help="YAML grid file")
     parser.add_argument("--dry-run", action="store_true", help="list the cells still to do")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")

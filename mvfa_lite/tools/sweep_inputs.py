@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..data import catalogue
 from ..errors import MVFAError
+from ..outputs import process_alive
 
 LOCK_FILE = ".sweep.lock"       # the one sweep writing an output folder: pid and host
 
@@ -92,7 +93,7 @@ def writer_lock(output: Path, where: str):
                 pid, owner_host = int(owner["pid"]), str(owner["host"])
             except (OSError, ValueError, KeyError, TypeError):
                 owner, pid, owner_host = {}, None, "?"
-            if pid is not None and owner_host == host and not _alive(pid):
+            if pid is not None and owner_host == host and not process_alive(pid):
                 lock.unlink(missing_ok=True)        # its sweep was killed: take over
                 continue
             raise MVFAError(f"{where}: another sweep (pid {pid} on {owner_host}, since "
@@ -108,16 +109,6 @@ def writer_lock(output: Path, where: str):
         lock.unlink(missing_ok=True)
         if created and not any(output.iterdir()):      # refused before any cell ran
             output.rmdir()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def changed_inputs(record: Path, now_inputs: dict) -> str:
