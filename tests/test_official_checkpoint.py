@@ -159,12 +159,14 @@ def test_a_checkpoint_saved_by_the_official_code_scores_the_same(tmp_path, capsy
                    "--out", str(out)])
     report = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    entry = report["checkpoint"]
-    assert status == 0 and entry["passed"] and entry["test_images"] == 6, entry
-    for setting in ("few-shot", "zero-shot"):          # test_few.py, test_zero.py
-        for part in ("image", "pixel"):
-            assert entry[setting][part]["pearson"] >= 0.99999, entry
-            assert entry[setting][part]["auroc_diff"] <= 1e-6, entry
+    sets = report["checkpoint"]["sets"]
+    assert status == 0 and report["checkpoint"]["passed"], report["checkpoint"]
+    assert set(sets) == {"Brain", "Chest"} and sets["Brain"]["test_images"] == 6, sets
+    for key, entry in sets.items():                    # with masks, and without
+        for setting in ("few-shot", "zero-shot"):      # test_few.py, test_zero.py
+            for part in ("image", "pixel") if key == "Brain" else ("image",):
+                assert entry[setting][part]["pearson"] >= 0.99999, entry
+                assert entry[setting][part]["auroc_diff"] <= 1e-6, entry
     assert "checkpoint: PASS" in printed
     # the file the official train_few.py saved, evaluated as a user would type it
     saved = work / "code" / "ckpt" / "official-trained" / "Brain.pth"

@@ -210,7 +210,7 @@ class _Comparison:
         if "speed" in parts:
             self.speed(key, speed_precision)
         if "checkpoint" in parts:
-            self.checkpoint(key)
+            self.checkpoints()
         checks = [entry["passed"] for entry in self.report.get("scoring", {}).values()]
         checks += [self.report[name]["passed"] for name in ("losses", "training", "checkpoint")
                    if name in self.report]
@@ -306,27 +306,29 @@ class _Comparison:
         bank = build_memory_bank(model, stems=stems[ordered.labels == 0])
         return trained, score_dataset(model, StemSet(model, test), text, bank, progress=False)
 
-    def checkpoint(self, key: str) -> None:
+    def checkpoints(self) -> None:
+        """:meth:`checkpoint` on every staged set; each finished set is kept for a resume."""
+        sets = {}
+        for key in self.roots:
+            sets[key] = self.done.get(f"checkpoint-{key}") or self.checkpoint(key)
+            self.finished(f"checkpoint-{key}", sets[key])
+        self.report["checkpoint"] = {"sets": sets, "passed": all(s["passed"] for s in sets.values())}
+
+    def checkpoint(self, key: str) -> dict:
         """The official train_few.py saves its .pth (one epoch); test_few.py scores it (and
         test_zero.py, as a zero-shot checkpoint, where the checkout has it); mvfa-lite's
         ``evaluate`` reads that file as it is and scores the same test set each way."""
-        if "checkpoint" in self.done:
-            self.report["checkpoint"] = self.done["checkpoint"]
-            return
         saved = "./ckpt/official-trained/"
         (self.code / saved).mkdir(parents=True, exist_ok=True)    # the official code does not
-        # test_zero.py builds the zero-shot training set of the other datasets first: each
-        # must have its test folders (empty ones do)
-        for other in OFFICIAL_DATASETS:
+        for other in OFFICIAL_DATASETS:   # test_zero.py lists every dataset's test folders first
             for kind in ("good", "Ungood"):
                 (self.code / "data" / f"{other}_AD" / "test" / kind / "img").mkdir(
                     parents=True, exist_ok=True)
-        self.step(f"official training, checkpoint saved ({key}, train_few.py --epoch 1 "
-                  "--save_model 1) ...")
-        run_observed(self.python, ["train_few.py", "--obj", key, *self.official_args,
-                                   "--epoch", "1", "--save_model", "1", "--save_path", saved],
-                     self.work / "official-checkpoint-train.pt",
-                     self.work / "logs" / "official-checkpoint-train.log", cwd=self.code)
+        self.step(f"official training, checkpoint saved ({key}, train_few.py --epoch 1) ...")
+        run_observed(self.python, ["train_few.py", "--obj", key, *self.official_args, "--epoch",
+                                   "1", "--save_model", "1", "--save_path", saved],
+                     self.work / f"official-checkpoint-{key}-train.pt",
+                     self.work / "logs" / f"official-checkpoint-{key}-train.log", cwd=self.code)
         path, test = self.code / saved / f"{key}.pth", ADDataset(self.roots[key], "test")
         result = {"key": key, "file": str(path), "test_images": len(test)}
         scripts = {"few-shot": ["test_few.py", *self.official_args],
@@ -335,14 +337,13 @@ class _Comparison:
             if not (self.code / script).is_file():
                 continue
             self.step(f"official scoring of that checkpoint ({key}, {script}) ...")
-            record = run_observed(self.python, [script, "--obj", key, *arguments,
-                                                "--save_path", saved],
-                                  self.work / f"official-checkpoint-{setting}.pt",
-                                  self.work / "logs" / f"official-checkpoint-{setting}.log",
-                                  cwd=self.code)
-            self.step(f"mvfa-lite evaluate on the official .pth ({setting}) ...")
+            name = f"official-checkpoint-{key}-{setting}"
+            record = run_observed(self.python, [script, "--obj", key, *arguments, "--save_path",
+                                                saved], self.work / f"{name}.pt",
+                                  self.work / "logs" / f"{name}.log", cwd=self.code)
+            self.step(f"mvfa-lite evaluate on the official .pth ({key}, {setting}) ...")
             run = evaluate_checkpoint(
-                path, self.roots[key], split="test", device="cpu", progress=False,
+                path, self.roots[key], split="test", device=self.device, progress=False,
                 clip_checkpoint=None if self.tiny else self.clip_file,
                 official=dict(setting=setting, seed_file=self.seed_file(key), shots=self.shots,
                               model_name=self.model_name, support_split="valid"))
@@ -353,8 +354,7 @@ class _Comparison:
             entry["passed"] = all(part["passed"] for part in entry.values())
             result[setting] = entry
         result["passed"] = all(result[s]["passed"] for s in scripts if s in result)
-        self.report["checkpoint"] = result
-        self.finished("checkpoint", result)
+        return result
 
     def speed(self, key: str, precision: str) -> None:
         """The same epoch in each program, as its users run it, timed (both in one go)."""
