@@ -7,7 +7,8 @@ from metric_cases import CASES, reference_aupro
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mvfa_lite.errors import MetricError
-from mvfa_lite.protocols import metrics
+from mvfa_lite.protocols import metrics, pixelstore
+from mvfa_lite.protocols import pixel_metrics as pixel_metrics_module
 from mvfa_lite.protocols.metrics import (
     aupro,
     average_precision,
@@ -163,15 +164,24 @@ def test_pixel_metrics_accept_uint8_masks_float32_maps_and_tensors():
 
 @pytest.mark.parametrize("case", ["ties", "outlier"])
 def test_the_gpu_code_path_counts_like_the_numpy_one(case):
-    # maps on a GPU are sorted and counted with torch; that branch runs here on CPU tensors
+    # normal pixels on a GPU are counted with torch; that branch runs here on CPU tensors
     masks, maps = CASES[case](0)
-    normal, anomalous = maps[~masks], maps[masks]
-    with_numpy = metrics._sorted_counts(normal.copy(), anomalous.copy())
-    with_torch = metrics._sorted_counts(torch.from_numpy(normal), torch.from_numpy(anomalous))
-    for field in ("normal_below", "normal_up_to", "anomalous_at"):
-        np.testing.assert_array_equal(getattr(with_torch, field), getattr(with_numpy, field))
-    np.testing.assert_array_equal(anomalous[with_torch.order], np.sort(anomalous))
-    assert with_torch.finite and with_numpy.finite
+    normal, values = maps[~masks], np.unique(maps[masks])
+    below, at = pixel_metrics_module._count_normal(values, normal)
+    with_torch = pixel_metrics_module._count_normal(values, torch.from_numpy(normal))
+    np.testing.assert_array_equal(with_torch[0], below)
+    np.testing.assert_array_equal(with_torch[1], at)
+    # against counting by hand
+    np.testing.assert_array_equal(below, [(normal < p).sum() for p in values])
+    np.testing.assert_array_equal(at, [(normal == p).sum() for p in values])
+
+
+def test_chunked_metrics_equal_one_chunk(monkeypatch):
+    # chunks of one image each (as a large split is read) give the same metrics as one chunk
+    masks, maps = CASES["ties"](0)
+    whole = pixel_metrics(masks, maps)
+    monkeypatch.setattr(pixelstore, "CHUNK_PIXELS", 1)
+    assert pixel_metrics(masks, maps) == pytest.approx(whole, abs=1e-12)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (maps on the device)")

@@ -73,7 +73,8 @@ def test_evaluation_end_to_end_on_each_named_set(tiny_config, tmp_path, protocol
     assert saved["selection"] == expected
     assert (tmp_path / "scores.csv").read_text().count("\n") == n_test + 1
     if protocol == "paper" and has_masks:   # official rule: image score = max of fused map
-        torch.testing.assert_close(run.scores.image_scores, run.scores.maps.flatten(1).amax(1))
+        torch.testing.assert_close(run.scores.image_scores,
+                                   run.scores.maps.tensor().flatten(1).amax(1))
 
 
 def test_zero_shot_leave_one_dataset_out(chest_root, synth_root, tiny_config):
@@ -176,8 +177,8 @@ def test_cached_stems_score_like_images(synth_root, tiny_model):
     again = score_dataset(tiny_model, cached, text, progress=False, batch_size=4)
     assert again.paths == direct.paths
     torch.testing.assert_close(again.image_scores, direct.image_scores)
-    torch.testing.assert_close(again.maps, direct.maps)
-    torch.testing.assert_close(again.masks, direct.masks)
+    torch.testing.assert_close(again.maps.tensor(), direct.maps.tensor())
+    torch.testing.assert_close(again.masks.tensor(), direct.masks.tensor())
 
 
 def test_raw_branch_maps_refuse_to_the_fused_result(synth_root, tiny_model):
@@ -189,7 +190,7 @@ def test_raw_branch_maps_refuse_to_the_fused_result(synth_root, tiny_model):
     scores = score_dataset(tiny_model, data, text, bank, keep_raw_maps=True, progress=False)
     raw = scores.branches
     assert raw["zero_map"].shape == raw["few_map"].shape == (8, 240, 240)
-    torch.testing.assert_close(fuse(raw["zero_map"], raw["few_map"], 0.5), scores.maps)
+    torch.testing.assert_close(fuse(raw["zero_map"], raw["few_map"], 0.5), scores.maps.tensor())
     plain = score_dataset(tiny_model, data, text, bank, progress=False)
     assert set(plain.branches) == {"zero_det", "few_det"}
 

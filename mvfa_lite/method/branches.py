@@ -151,11 +151,12 @@ def fuse(zero: torch.Tensor, few: torch.Tensor, beta: float = 0.5, zero_bounds=N
 
 def final_scores(zero_map: torch.Tensor, zero_det: torch.Tensor, few_map: torch.Tensor | None,
                  few_det: torch.Tensor | None, has_masks: bool, rule: str, beta: float,
-                 bounds: dict | None = None, in_place: bool = False):
+                 bounds: dict | None = None, in_place: bool = False, clip: bool | None = None):
     """Maps (N, S, S) and det scores (N,) of a whole test set, per branch (few-shot ones None
     without a memory bank) -> (image scores (N,), pixel maps (N, S, S)) by ``rule``.
     ``bounds``: fixed normalisation (:func:`branch_bounds` of a reference set) instead of
-    this set's own; the maps are then clipped to [0, 1], the image scores are not.
+    this set's own; the maps are then clipped to [0, 1] (``clip``, default: when ``bounds``
+    are given), the image scores are not.
     ``in_place``: the maps become the result (no copies of the test set's maps)."""
     if rule not in IMAGE_SCORE_RULES:               # MVFAConfig.validate refuses these first
         raise ValueError(f"image_score must be one of {IMAGE_SCORE_RULES}, got {rule!r}")
@@ -169,4 +170,5 @@ def final_scores(zero_map: torch.Tensor, zero_det: torch.Tensor, few_map: torch.
         maps, det = min_max(zero_map, given.get("zero_map"), in_place), zero_det
     use_map_max = rule == "seg_max" or (rule == "paper" and few and has_masks)
     scores = maps.flatten(1).amax(dim=1) if use_map_max else det
-    return scores, (maps.clamp(0, 1) if bounds else maps)
+    clip = bool(bounds) if clip is None else clip
+    return scores, (maps.clamp(0, 1) if clip else maps)

@@ -16,10 +16,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import MetricError
-from ..method.branches import MemoryBank, branch_bounds, few_shot, final_scores, zero_shot
+from ..method.branches import BRANCH_KEYS, MemoryBank, few_shot, final_scores, zero_shot
 from ..method.model import MVFA
 from ..runtime import autocast, loader_workers, show_progress
 from . import metrics
+from .pixelstore import PixelStore
 
 
 @dataclass
@@ -27,9 +28,10 @@ class Scores:
     paths: list[str]
     labels: torch.Tensor              # (N,) 0 normal / 1 abnormal (-1 when unknown)
     image_scores: torch.Tensor        # (N,) higher = more anomalous
-    maps: torch.Tensor                # (N, S, S) pixel anomaly map in [0, 1]
-    masks: torch.Tensor | None        # (N, S, S) ground truth, None without masks
-    branches: dict[str, torch.Tensor] = field(default_factory=dict)  # raw per-image scores
+    maps: PixelStore                  # (N, S, S) pixel anomaly map in [0, 1]
+    masks: PixelStore | None          # (N, S, S) ground truth, None without masks
+    # raw per-image scores (N,) of each branch; with keep_raw_maps also its raw maps (N, S, S)
+    branches: dict[str, torch.Tensor] = field(default_factory=dict)
     # the [min, max] of each raw branch the scores were normalised with (this set's own, or
     # the checkpoint's when scored with fixed bounds); see method.branches.branch_bounds
     bounds: dict[str, list[float]] = field(default_factory=dict)
@@ -94,8 +96,11 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
                   bounds: dict | None = None) -> Scores:
     """Run both branches over ``dataset`` (items: dict with image, and label/mask if known).
 
+    ``Scores.maps`` and ``Scores.masks`` are :class:`PixelStore`\\ s (a large split on disk,
+    so one batch of maps is in memory at a time; ``.tensor()`` gives all of it).
     ``Scores.branches`` holds each branch's raw image scores; with ``keep_raw_maps`` also its
-    raw maps (zero_map, few_map), e.g. to re-fuse with another beta without scoring again.
+    raw maps (zero_map, few_map; tensors, in memory), e.g. to re-fuse with another beta
+    without scoring again.
     ``bounds``: normalise with these (a checkpoint's calibration) instead of the set's own.
     """
     config, size = model.config, model.config.image_size
@@ -106,15 +111,23 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
         workers = loader_workers(model.device) if num_workers is None else num_workers
         batches = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                              pin_memory=model.device.type == "cuda")
-    # per-pixel results go straight into one tensor each, allocated at the first batch
-    # (len(dataset) images): no list of batches and no second copy when they are joined
+    # per-image results go into one tensor each, per-pixel ones into a store each (a large
+    # split on disk), allocated at the first batch: one batch of maps in memory at a time
     total, filled, paths = len(dataset), 0, []
-    raw: dict[str, torch.Tensor] = {}
+    raw: dict[str, torch.Tensor | PixelStore] = {}
+    low_high: dict[str, list[float]] = {}          # running [min, max] of each raw branch
 
     def put(key: str, values: torch.Tensor) -> None:
         if key not in raw:
-            raw[key] = torch.empty((total, *values.shape[1:]), dtype=values.dtype)
-        raw[key][filled:filled + len(values)] = values
+            raw[key] = PixelStore(total, values.shape[1:], values.dtype) if values.dim() == 3 \
+                else torch.empty((total, *values.shape[1:]), dtype=values.dtype)
+        if isinstance(raw[key], PixelStore):
+            raw[key].append(values)
+        else:
+            raw[key][filled:filled + len(values)] = values
+        if key in BRANCH_KEYS and len(values):
+            seen = low_high.setdefault(key, [float("inf"), float("-inf")])
+            seen[:] = [min(seen[0], float(values.min())), max(seen[1], float(values.max()))]
 
     for batch in tqdm(batches, desc=description, unit="batch",
                       disable=not show_progress(progress)):
@@ -133,18 +146,46 @@ def score_dataset(model: MVFA, dataset, text: torch.Tensor, bank: MemoryBank | N
             put("mask", batch["mask"])
         paths += list(batch["path"])
         filled += len(batch["path"])
-    raw = {key: values[:filled] for key, values in raw.items()}
-    measured = dict(bounds) if bounds else branch_bounds(raw)     # before fusing in place
-    maps_in = {key: raw[key].clone() if keep_raw_maps else raw[key]      # fused in place
-               for key in ("zero_map", "few_map") if key in raw}
-    image_scores, maps = final_scores(maps_in["zero_map"], raw["zero_det"],
-                                      maps_in.get("few_map"), raw.get("few_det"), has_masks,
-                                      config.image_score, config.beta, bounds, in_place=True)
-    del maps_in
+    raw = {key: values if isinstance(values, PixelStore) else values[:filled]
+           for key, values in raw.items()}
+    measured = dict(bounds) if bounds else low_high      # = branch_bounds of the whole set
+    image_scores, maps = _fused(raw, has_masks, config, measured, clip=bool(bounds),
+                                keep_raw_maps=keep_raw_maps)
     kept = ("zero_det", "few_det") + (("zero_map", "few_map") if keep_raw_maps else ())
-    branches = {key: raw[key] for key in kept if key in raw}
+    branches = {key: raw[key].tensor() if isinstance(raw[key], PixelStore) else raw[key]
+                for key in kept if key in raw}
     return Scores(paths, raw["label"].long(), image_scores, maps, raw.get("mask"), branches,
                   measured)
+
+
+def _fused(raw: dict, has_masks: bool, config, bounds: dict, clip: bool,
+           keep_raw_maps: bool) -> tuple[torch.Tensor, PixelStore]:
+    """The image-score rule and the fused maps of the whole set, a chunk of images at a time
+    (the set's min and max are known: normalising is then per pixel). The fused maps replace
+    the zero-shot store, unless the raw maps are kept."""
+    zero, few = raw["zero_map"], raw.get("few_map")
+    maps = PixelStore(zero.shape[0], zero.shape[1:], torch.float32) if keep_raw_maps else zero
+    scores = []
+    for (start, zero_chunk), few_chunk in zip(zero.chunks(), _chunks_of(few)):
+        end = start + len(zero_chunk)
+        image, fused = final_scores(
+            zero_chunk.clone(), raw["zero_det"][start:end], few_chunk,
+            raw["few_det"][start:end] if few is not None else None, has_masks,
+            config.image_score, config.beta, bounds, in_place=True, clip=clip)
+        maps.write(start, fused)
+        scores.append(image)
+    if keep_raw_maps:
+        maps.filled = len(zero)
+    return torch.cat(scores) if scores else torch.empty(0), maps
+
+
+def _chunks_of(store: PixelStore | None):
+    """The chunks of ``store`` (copies, fused in place), or None for each chunk without it."""
+    if store is None:
+        while True:
+            yield None
+    for _, chunk in store.chunks():
+        yield chunk.clone()
 
 
 def compute_metrics(scores: Scores, device: str | torch.device | None = None,
@@ -152,8 +193,8 @@ def compute_metrics(scores: Scores, device: str | torch.device | None = None,
     """Image metrics always; pixel metrics when ground-truth masks exist (AUPRO, which labels
     every anomalous region, only with ``regions``).
 
-    The pixel metrics sort every pixel's score: seconds for 200 M pixels on a CPU,
-    milliseconds on a GPU, so they run on ``device`` (default: a CUDA GPU when there is one;
+    The pixel metrics count every pixel's score against the anomalous ones: seconds for
+    200 M pixels on a CPU, less on a GPU, so they run on ``device`` (default: a CUDA GPU when there is one;
     the CPU if that GPU runs out of memory). The results do not depend on the device.
     """
     finite = torch.isfinite(scores.image_scores)
@@ -165,11 +206,11 @@ def compute_metrics(scores: Scores, device: str | torch.device | None = None,
         return metrics.summarize(scores.labels, scores.image_scores)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return metrics.summarize(scores.labels, scores.image_scores, scores.masks.to(device),
-                                 scores.maps.to(device), regions=regions)
+        return metrics.summarize(scores.labels, scores.image_scores, scores.masks, scores.maps,
+                                 regions=regions, device=device)
     except torch.cuda.OutOfMemoryError:
         return metrics.summarize(scores.labels, scores.image_scores, scores.masks, scores.maps,
-                                 regions=regions)
+                                 regions=regions, device="cpu")
 
 
 def save_scores(scores: Scores, folder: str | Path, maps: bool = False,
@@ -194,6 +235,6 @@ def save_scores(scores: Scores, folder: str | Path, maps: bool = False,
                                if decided else []),
                              *([overlays[i]] if overlays else [])])
     if maps:
-        np.savez_compressed(folder / "maps.npz", maps=scores.maps.half().numpy(),
+        np.savez_compressed(folder / "maps.npz", maps=scores.maps.tensor().half().numpy(),
                             paths=np.array(scores.paths))
     return target
