@@ -135,6 +135,9 @@ def test_cli_train_evaluate_predict_on_a_shipped_set_by_name(chest_root, tmp_pat
     assert "RANDOM WEIGHTS" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["dataset"] == "chestxray_synthlesion" and saved["precision"] in ("fp32", "bf16")
+    # the folder the name resolved to, as it was resolved (a shipped set, not a folder of
+    # that name in the working directory)
+    assert saved["dataset_root"] == catalogue.path("chestxray_synthlesion").resolve().as_posix()
     assert main(["evaluate", str(tmp_path / "run" / "adapters.pth"), "chestxray_synthlesion",
                  "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["pixel_auroc"] > 0

@@ -157,7 +157,7 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
         scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
                                progress=progress, description=f"testing {test.name}")
     run = _finish(model, scores, result, output, save_maps, save_adapters, setting="few-shot",
-                  dataset=test.name,
+                  dataset=test.name, dataset_root=_root(test),
                   normal_shots=[item.image_path.resolve().as_posix() for item in support.items
                                 if item.label == 0],
                   selection=_describe(selection, test), train_seconds=train_seconds)
@@ -194,7 +194,8 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
         scores = score_dataset(model, test, model.text_features(object_name(test.name)),
                                progress=progress, description=f"testing {test.name}")
     return _finish(model, scores, result, output, save_maps, save_adapters, setting="zero-shot",
-                   dataset=test.name, sources=[s.name for s in sources],
+                   dataset=test.name, dataset_root=_root(test),
+                   sources=[s.name for s in sources],
                    selection=_describe(selection, test), train_seconds=train_seconds)
 
 
@@ -202,6 +203,11 @@ def _describe(selection, test) -> str:
     if selection is None:
         return "none (last epoch)"
     return "test set (paper protocol)" if selection is test else "validation images"
+
+
+def _root(test) -> str:
+    """The test set's folder as it was resolved (result.json records it)."""
+    return Path(test.root).resolve().as_posix()
 
 
 def _finish(model: MVFA, scores: Scores, result: TrainResult | None,
@@ -302,7 +308,7 @@ def evaluate_checkpoint(checkpoint, root, *, split: str | None = None, out=None,
     scores = score_dataset(model, test, model.text_features(object_name(test.name)), bank,
                            progress=progress, description=f"testing {test.name}")
     return _finish(model, scores, None, output, save_maps, save_adapters=False,
-                   dataset=test.name, checkpoint=str(checkpoint),
+                   dataset=test.name, dataset_root=_root(test), checkpoint=str(checkpoint),
                    weights_warning=payload.get("weights_warning"))
 
 
