@@ -120,10 +120,11 @@ def _anomalous_pixels(masks, maps, regions: bool, metric: str) -> tuple[_Anomalo
         for mask in mask_chunk if regions else ():
             if mask.any():
                 labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-                region_ids.append(labelled[mask].astype(np.int64) - 1 + regions_seen)
+                region_ids.append(labelled[mask] - 1 + regions_seen)         # int32
                 sizes.append(np.bincount(labelled.ravel())[1:])
                 regions_seen += n
     anomalous = np.concatenate(scores)
+    del scores
     if len(anomalous) == 0:
         raise MetricError(
             f"{metric} is undefined: the masks contain only normal pixels ({total} of {total}). "
@@ -135,12 +136,14 @@ def _anomalous_pixels(masks, maps, regions: bool, metric: str) -> tuple[_Anomalo
             f"{total}). Add normal images (good/img) to the test split or report another metric.")
     order = np.argsort(anomalous, kind="stable")
     anomalous = anomalous[order]
+    if regions:                 # each anomalous pixel's region, in the sorted order
+        region_ids = np.concatenate(region_ids)[order]
+    del order
     starts = np.flatnonzero(np.concatenate(([True], anomalous[1:] != anomalous[:-1])))
     at = np.diff(np.append(starts, len(anomalous)))
     overlap_at = np.zeros(len(starts))
-    if regions:
-        weights = 1.0 / np.concatenate(sizes)[np.concatenate(region_ids)[order]]
-        overlap_at = np.add.reduceat(weights, starts)
+    if regions:                 # per distinct score: the sum of 1 / (its pixels' region size)
+        overlap_at = np.add.reduceat(1.0 / np.concatenate(sizes)[region_ids], starts)
     return _Anomalous(anomalous[starts], at, overlap_at, regions_seen), total
 
 
