@@ -176,11 +176,14 @@ def test_the_gpu_code_path_counts_like_the_numpy_one(case):
     np.testing.assert_array_equal(at, [(normal == p).sum() for p in values])
 
 
-def test_chunked_metrics_equal_one_chunk(monkeypatch):
-    # chunks of one image each (as a large split is read) give the same metrics as one chunk
-    masks, maps = CASES["ties"](0)
+@pytest.mark.parametrize("case", ["ties", "outlier", "whole-image region"])
+def test_chunked_metrics_equal_one_chunk(monkeypatch, case):
+    # chunks of one image each (as a large split is read) and the curves summed 7 corners
+    # at a time give the same metrics as one chunk and one block
+    masks, maps = CASES[case](0)
     whole = pixel_metrics(masks, maps)
     monkeypatch.setattr(pixelstore, "CHUNK_PIXELS", 1)
+    monkeypatch.setattr(pixel_metrics_module, "BLOCK", 7)
     assert pixel_metrics(masks, maps) == pytest.approx(whole, abs=1e-12)
 
 

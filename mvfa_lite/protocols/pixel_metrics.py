@@ -32,6 +32,7 @@ from ..errors import MetricError
 from .pixelstore import PixelStore, image_chunks
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # structuring element for ndimage.label
+BLOCK = 2**20                   # curve corners handled at a time by the metrics
 _DIVERGED_HINT = ("The model produced them (for example, training diverged); "
                   "try a lower learning rate or run in fp32.")
 
@@ -172,24 +173,38 @@ class PixelCurves:
         return self.false_positives / self.normal
 
     def auroc(self) -> float:
-        return _area_up_to(self.fpr, self.true_positives / self.anomalous, 1.0)
+        return _area_up_to(self.false_positives, self.true_positives, 1.0,
+                           self.normal, self.anomalous)
 
     def average_precision(self) -> float:
         """Sum over thresholds of (recall increase) x precision, as scikit-learn defines it."""
-        above, at = self.true_positives[1:-1:2], self.true_positives[2:-1:2]   # (U,) each
-        precision = at / (at + self.false_positives[2:-1:2])
-        return float(np.sum((at - above) / self.anomalous * precision))
+        total = 0.0
+        for part in _blocks(len(self.thresholds)):
+            above = self.true_positives[1:-1:2][part]                 # (block,) each
+            at, fp = self.true_positives[2:-1:2][part], self.false_positives[2:-1:2][part]
+            total += float(np.sum((at - above) / self.anomalous * (at / (at + fp))))
+        return total
 
     def aupro(self, fpr_limit: float = 0.3) -> float:
-        return _area_up_to(self.fpr, self.overlap / self.regions, fpr_limit) / fpr_limit
+        return _area_up_to(self.false_positives, self.overlap, fpr_limit, self.normal,
+                           self.regions) / fpr_limit
 
     def f1_max(self) -> tuple[float, float]:
         """Best pixel F1 over the thresholds "score >= p" (F1 can only peak at the score of
         an anomalous pixel), and that p; of equal F1s the lowest p, as :func:`f1_max`."""
-        tp, fp = self.true_positives[2:-1:2], self.false_positives[2:-1:2]   # (U,) each
-        f1 = 2 * tp / (tp + fp + self.anomalous)       # = 2PR / (P + R)
-        best = len(f1) - 1 - int(np.argmax(f1[::-1]))
-        return float(f1[best]), float(self.thresholds[best])
+        best_f1, best = -1.0, 0
+        for part in _blocks(len(self.thresholds)):
+            tp, fp = self.true_positives[2:-1:2][part], self.false_positives[2:-1:2][part]
+            f1 = 2 * tp / (tp + fp + self.anomalous)                  # = 2PR / (P + R)
+            last = len(f1) - 1 - int(np.argmax(f1[::-1]))              # the lowest p of a tie
+            if f1[last] >= best_f1:
+                best_f1, best = float(f1[last]), part.start + last
+        return best_f1, float(self.thresholds[best])
+
+
+def _blocks(count: int) -> list[slice]:
+    """Slices of ``range(count)``, :data:`BLOCK` at a time (temporaries of one block only)."""
+    return [slice(start, min(start + BLOCK, count)) for start in range(0, count, BLOCK)]
 
 
 def pixel_curves(masks, maps, regions: bool = True, metric: str = "pixel metrics",
@@ -225,24 +240,29 @@ def pixel_curves(masks, maps, regions: bool = True, metric: str = "pixel metrics
         below, at = _count_normal(anomalous.values, normal)
         normal_below += below
         normal_at += at
-    # per distinct anomalous score p (U,): pixels above p, and at or above p
-    ends = np.cumsum(anomalous.at)                                 # anomalous pixels <= p
-    n_anomalous = int(ends[-1])
+    # the corners, highest p first: "> p" at odd positions, ">= p" at even ones; built in
+    # place (per distinct score p, (U,) each, reversed)
+    u = len(anomalous.values)
+    n_anomalous = int(anomalous.at.sum())
     n_normal = total - n_anomalous
-    normal_up_to = normal_below + normal_at
-    fp_above, fp_at = n_normal - normal_up_to, n_normal - normal_below
-    tp_above, tp_at = n_anomalous - ends, n_anomalous - ends + anomalous.at
-    overlap_up_to = np.cumsum(anomalous.overlap_at)
-    overlap_above = np.maximum(overlap_up_to[-1] - overlap_up_to, 0.0)
-    overlap_at = overlap_above + anomalous.overlap_at
-
-    def corners(above: np.ndarray, at: np.ndarray, everything: float) -> np.ndarray:
-        pairs = np.stack([above, at], axis=1)[::-1]                  # (U, 2), highest p first
-        return np.concatenate(([0.0], pairs.ravel(), [everything]))
-
-    return PixelCurves(corners(fp_above, fp_at, n_normal), corners(tp_above, tp_at, n_anomalous),
-                       corners(overlap_above, overlap_at, anomalous.regions), n_normal,
-                       n_anomalous, anomalous.regions,
+    fp, tp = np.empty(2 * u + 2), np.empty(2 * u + 2)
+    fp[0], fp[-1], tp[0], tp[-1] = 0.0, n_normal, 0.0, n_anomalous
+    np.subtract(n_normal, normal_below[::-1], out=fp[2:-1:2])        # normal pixels >= p
+    normal_at += normal_below                                         # normal pixels <= p
+    np.subtract(n_normal, normal_at[::-1], out=fp[1:-1:2])            # normal pixels > p
+    del normal_below, normal_at
+    ends = np.cumsum(anomalous.at)                                    # anomalous pixels <= p
+    np.subtract(n_anomalous, ends[::-1], out=tp[1:-1:2])
+    np.add(tp[1:-1:2], anomalous.at[::-1], out=tp[2:-1:2])
+    del ends
+    overlap = np.zeros(2 * u + 2)               # left untouched (no memory) without regions
+    if regions:
+        up_to = np.cumsum(anomalous.overlap_at)
+        np.maximum(up_to[-1] - up_to[::-1], 0.0, out=overlap[1:-1:2])
+        np.add(overlap[1:-1:2], anomalous.overlap_at[::-1], out=overlap[2:-1:2])
+        overlap[-1] = anomalous.regions
+        del up_to
+    return PixelCurves(fp, tp, overlap, n_normal, n_anomalous, anomalous.regions,
                        anomalous.values[::-1].astype(np.float64))
 
 
@@ -258,14 +278,21 @@ def pixel_average_precision(masks: ArrayLike, maps: ArrayLike) -> float:
     return pixel_curves(masks, maps, regions=False, metric="pixel AP").average_precision()
 
 
-def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
-    """Trapezoid area under y(x) on [0, x_max]; x is non-decreasing, starts at 0, ends >= x_max."""
-    keep = int(np.searchsorted(x, x_max, side="right"))  # x[:keep] <= x_max
-    xs, ys = x[:keep], y[:keep]
+def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float, x_scale: float,
+                y_scale: float) -> float:
+    """Trapezoid area under y / y_scale against x / x_scale on [0, x_max]; x is
+    non-decreasing, starts at 0 and ends at or beyond x_max (summed a block at a time)."""
+    keep = sum(int(np.count_nonzero(x[part] / x_scale <= x_max)) for part in _blocks(len(x)))
+    area = 0.0
+    for part in _blocks(keep - 1):       # trapezoids between corners part.start .. part.stop
+        xs = x[part.start:part.stop + 1] / x_scale
+        ys = y[part.start:part.stop + 1] / y_scale
+        area += float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2))
     if keep < len(x):  # add the point at exactly x_max by linear interpolation
-        y_at = ys[-1] + (y[keep] - ys[-1]) * (x_max - xs[-1]) / (x[keep] - xs[-1])
-        xs, ys = np.append(xs, x_max), np.append(ys, y_at)
-    return float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2))
+        x0, x1 = x[keep - 1] / x_scale, x[keep] / x_scale
+        y0, y1 = y[keep - 1] / y_scale, y[keep] / y_scale
+        area += float((x_max - x0) * (2 * y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)) / 2)
+    return area
 
 
 def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3) -> float:
