@@ -105,19 +105,18 @@ def _checkpoint_lines(report: dict) -> list[str]:
     lines = ["", "checkpoint: the official .pth saved by train_few.py, scored by the official "
              "test script and by mvfa-lite evaluate (pass: Pearson >= 0.99999, "
              "|dAUROC| <= 1e-6)",
-             f"  {'set':<24}{'setting':<11}{'scores':<7}{'Pearson':>11}{'max |diff|':>12}"
+             f"  {'setting':<11}{'scores':<7}{'Pearson':>11}{'max |diff|':>12}"
              f"{'AUROC official':>16}{'AUROC ours':>12}{'|dAUROC|':>10}"]
     for key, c in report["sets"].items():
-        name = f"{key} ({c['test_images']} test images)"
+        lines.append(f"  {key} ({c['test_images']} test images)")
         for setting in ("few-shot", "zero-shot"):
             for part in ("image", "pixel"):
                 if part in c.get(setting, {}):
                     p = c[setting][part]
-                    lines.append(f"  {name:<24}{setting if part == 'image' else '':<11}"
-                                 f"{part:<7}{p['pearson']:>11.8f}{p['max_abs_diff']:>12.2e}"
+                    lines.append(f"  {setting if part == 'image' else '':<11}{part:<7}"
+                                 f"{p['pearson']:>11.8f}{p['max_abs_diff']:>12.2e}"
                                  f"{p['auroc_official']:>16.6f}{p['auroc_ours']:>12.6f}"
-                                 f"{p['auroc_diff']:>10.1e}  {_mark(p['passed'])}")
-                    name = ""
+                                 f"{p['auroc_diff']:>10.2e}  {_mark(p['passed'])}")
     if any("zero-shot" in c for c in report["sets"].values()):
         lines.append("  (test_zero.py min-max normalises its image scores over the test set and "
                      "mvfa-lite does not: Pearson and AUROC compare them, max |diff| shows it)")
