@@ -93,6 +93,10 @@ def _count_normal(values, normal) -> tuple:
         at = torch.bincount(below[equal], minlength=len(values))
         return (first_above.cumsum(0)[:-1] - at).cpu().numpy(), at.cpu().numpy()
     values = values.astype(normal.dtype, copy=False)
+    if len(values) < len(normal):      # fewer scores than pixels: sort the pixels, search them
+        normal = np.sort(normal)
+        below = np.searchsorted(normal, values, side="left")
+        return below, np.searchsorted(normal, values, side="right") - below
     below = np.searchsorted(values, normal, side="left")
     equal = values[np.minimum(below, len(values) - 1)] == normal
     first_above = np.bincount(below, minlength=len(values) + 1)
