@@ -185,7 +185,7 @@ def test_chunked_metrics_equal_one_chunk(monkeypatch, case):
     # at a time give the same metrics as one chunk and one block
     masks, maps = CASES[case](0)
     whole = pixel_metrics(masks, maps)
-    monkeypatch.setattr(pixelstore, "CHUNK_PIXELS", 1)
+    monkeypatch.setattr(pixel_metrics_module, "CHUNK_PIXELS", 1)
     monkeypatch.setattr(pixel_metrics_module, "BLOCK", 7)
     assert pixel_metrics(masks, maps) == pytest.approx(whole, abs=1e-12)
 

@@ -33,6 +33,7 @@ from .pixelstore import PixelStore, image_chunks
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # structuring element for ndimage.label
 BLOCK = 2**20                   # curve corners handled at a time by the metrics
+CHUNK_PIXELS = 2**21            # pixels read at a time (fewer chunks: fewer searches)
 _DIVERGED_HINT = ("The model produced them (for example, training diverged); "
                   "try a lower learning rate or run in fp32.")
 
@@ -46,6 +47,17 @@ def _numpy(values) -> np.ndarray:
 def _as_images(values):
     """A store or a tensor stays itself; anything else becomes a numpy array."""
     return values if isinstance(values, (PixelStore, torch.Tensor)) else np.asarray(values)
+
+
+def _chunks(values):
+    """(first image, images) of ``values`` (N, H, W), :data:`CHUNK_PIXELS` at a time."""
+    return image_chunks(values, CHUNK_PIXELS)
+
+
+def _pairs(masks, maps):
+    """(masks, maps) of the same images, a chunk at a time."""
+    for (_, mask_chunk), (_, map_chunk) in zip(_chunks(masks), _chunks(maps)):
+        yield mask_chunk, map_chunk
 
 
 def _check_shapes(masks, maps, metric: str) -> None:
@@ -117,7 +129,7 @@ class _Anomalous:
 def _anomalous_pixels(masks, maps, regions: bool, metric: str) -> tuple[_Anomalous, int]:
     """First pass: (the anomalous pixels, the number of pixels)."""
     scores, region_ids, sizes, total, regions_seen = [], [], [], 0, 0
-    for (start, mask_chunk), (_, map_chunk) in zip(image_chunks(masks), image_chunks(maps)):
+    for mask_chunk, map_chunk in _pairs(masks, maps):
         mask_chunk = _binary(mask_chunk, metric)                     # (B, H, W) bool
         score_chunk = _numpy(_scores(map_chunk))
         scores.append(score_chunk[mask_chunk])
@@ -153,7 +165,7 @@ def _anomalous_pixels(masks, maps, regions: bool, metric: str) -> tuple[_Anomalo
 
 
 def _non_finite(maps) -> int:
-    return sum(int((~np.isfinite(_numpy(chunk))).sum()) for _, chunk in image_chunks(maps))
+    return sum(int((~np.isfinite(_numpy(chunk))).sum()) for _, chunk in _chunks(maps))
 
 
 @dataclass
@@ -230,7 +242,7 @@ def pixel_curves(masks, maps, regions: bool = True, metric: str = "pixel metrics
     device = torch.device(device) if device is not None else \
         (maps.device if isinstance(maps, torch.Tensor) else torch.device("cpu"))
     gpu = device.type != "cpu"
-    for (_, mask_chunk), (_, map_chunk) in zip(image_chunks(masks), image_chunks(maps)):
+    for mask_chunk, map_chunk in _pairs(masks, maps):
         score_chunk = _scores(map_chunk)
         if gpu:
             score_chunk = torch.as_tensor(score_chunk).to(device)
@@ -336,7 +348,7 @@ def pixel_metrics_absent(masks) -> str | None:
     if masks is None:
         return "the test set has no ground-truth masks (a classification-only dataset)"
     masks = _as_images(masks)
-    if not any(bool(chunk.any()) for _, chunk in image_chunks(masks)):
+    if not any(bool(chunk.any()) for _, chunk in _chunks(masks)):
         return (f"all {len(masks)} test masks are empty: no image has an annotated anomalous "
                 "pixel to localise")
     return None

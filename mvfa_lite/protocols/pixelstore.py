@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 IN_MEMORY_BYTES = 16 * 2**20       # a split's maps up to this size stay in memory
-CHUNK_PIXELS = 2**22               # pixels per chunk read back (chunks of whole images)
+CHUNK_PIXELS = 2**20               # pixels per chunk read back (chunks of whole images)
 
 
 class PixelStore:
