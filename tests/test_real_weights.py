@@ -101,6 +101,9 @@ def test_notebook_helper_sees_the_cache(hf_home, monkeypatch):
     assert notebook.cached(MODEL, "openai") and not notebook.cached("ViT-L-14-336", "openai")
     assert notebook.model_settings(None, model_name=MODEL)["model_name"] == MODEL  # GPU, cache
     assert notebook.model_settings(None)["model_name"] == "tiny-random"   # ViT-L not cached
+    monkeypatch.delenv("MVFA_CLIP_CHECKPOINT", raising=False)     # a weights file at hand
+    given = notebook.model_settings(None, clip_checkpoint="ViT-L-14-336px.pt")
+    assert given["model_name"] == "ViT-L-14-336" and "clip_checkpoint" not in given
 
 
 def test_quickstart_notebook_with_real_weights_from_the_cache(hf_home, tmp_path):

@@ -47,18 +47,19 @@ def cached(model_name: str, tag: str) -> bool:
 
 
 def model_settings(real_weights: bool | None = None, *, tiny: dict | None = None,
-                   **explicit) -> dict:
+                   clip_checkpoint=None, **explicit) -> dict:
     """MVFAConfig fields for the backbone and schedule, printed with the reason.
 
     ``real_weights`` None decides (real weights when a GPU and the weights are at hand), True
     / False force it; ``tiny`` holds the notebook's own cheap settings for the tiny ViT, e.g.
-    ``dict(epochs=3)``; ``explicit`` the parameters the user set (model_name, pretrained,
-    epochs, image_size), where ``None`` values are ignored.
+    ``dict(epochs=3)``; ``clip_checkpoint``: the notebook's weights file, which counts as
+    weights at hand (as ``MVFA_CLIP_CHECKPOINT`` does); ``explicit`` the parameters the user
+    set (model_name, pretrained, epochs, image_size), where ``None`` values are ignored.
     """
     gpu = torch.cuda.is_available()
     chosen = {k: v for k, v in explicit.items() if v is not None}
     wanted = {**REAL, **chosen}
-    reachable = bool(os.environ.get("MVFA_CLIP_CHECKPOINT")) or \
+    reachable = bool(clip_checkpoint or os.environ.get("MVFA_CLIP_CHECKPOINT")) or \
         cached(wanted["model_name"], wanted["pretrained"]) or online()
     real = real_weights if real_weights is not None else gpu and reachable
     settings = wanted if real else {**TINY, **(tiny or {}), **chosen}
@@ -68,7 +69,8 @@ def model_settings(real_weights: bool | None = None, *, tiny: dict | None = None
     else:
         why = "asked for" if real_weights is False else \
             "no GPU" if not gpu else \
-            "no internet, nothing in the Hugging Face cache and no MVFA_CLIP_CHECKPOINT"
+            "no internet, nothing in the Hugging Face cache, no clip_checkpoint and no " \
+            "MVFA_CLIP_CHECKPOINT"
         print(f"TINY RANDOM-WEIGHT ViT ({why}): numbers test the code and are NOT results. "
               "Set real_weights = True for OpenAI CLIP ViT-L/14@336 (GPU; internet, the "
               "Hugging Face cache, or a weights file in MVFA_CLIP_CHECKPOINT).")
