@@ -69,7 +69,7 @@ def _flatten(value: Any, where: str = "the result") -> list[tuple[str, Any]]:
 
 
 def _is_scalar_list(value) -> bool:
-    return len(value) > 0 and all(isinstance(v, (int, float, str, bool)) for v in value)
+    return len(value) > 0 and all(isinstance(v, str) for v in value)
 
 
 def _difference(got: torch.Tensor, want: torch.Tensor) -> str:
@@ -107,10 +107,20 @@ def compare(got: Any, want: Any, where: str = "the result", rtol: float | None =
                           f"({', '.join(_describe(v) for _, v in got_parts)}), the package's "
                           f"{len(want_parts)} ({', '.join(_describe(v) for _, v in want_parts)})")
     for (path, mine), (_, theirs) in zip(got_parts, want_parts):
+        if hasattr(theirs, "__array__") and not isinstance(theirs, torch.Tensor):
+            theirs = torch.as_tensor(theirs)           # numpy arrays and numbers
+        if hasattr(mine, "__array__") and not isinstance(mine, torch.Tensor):
+            mine = torch.as_tensor(mine)
+        number = (int, float)
+        if isinstance(theirs, float) and (isinstance(mine, number) or (
+                isinstance(mine, torch.Tensor) and mine.dim() == 0)):
+            mine = torch.as_tensor(mine, dtype=torch.float64)   # a float: compared as one
+            theirs = torch.tensor(theirs, dtype=torch.float64)
+        elif isinstance(theirs, torch.Tensor) and isinstance(mine, number) and \
+                not isinstance(mine, bool) and theirs.dim() == 0:
+            mine = torch.tensor(mine, dtype=theirs.dtype)
         if not isinstance(theirs, torch.Tensor):
-            if isinstance(theirs, float) and isinstance(mine, (int, float)):
-                mine, theirs = torch.tensor(float(mine)), torch.tensor(theirs)
-            elif mine != theirs:
+            if mine != theirs:
                 raise CheckFailed(f"{path}: yours is {mine!r}, the package's is {theirs!r}")
             else:
                 continue
@@ -131,15 +141,18 @@ def compare(got: Any, want: Any, where: str = "the result", rtol: float | None =
 
 
 def check(student: Callable, reference: Callable, *cases: Case, rtol: float | None = None,
-          atol: float | None = None, name: str | None = None) -> int:
+          atol: float | None = None, name: str | None = None,
+          against: str | None = None) -> int:
     """Call ``student`` and ``reference`` on every case and compare what they return.
 
     ``rtol``/``atol``: the tolerances of :func:`torch.testing.assert_close` (both None: its
     defaults for the dtype). Returns the number of cases checked; prints one line when all
-    match. Raises :class:`CheckFailed` with what is wrong, naming the case.
+    match. Raises :class:`CheckFailed` with what is wrong, naming the case. ``name`` and
+    ``against`` name the two functions in messages (default: their own names).
     """
     label = name or getattr(student, "__name__", "your function")
-    ref_name = f"{getattr(reference, '__module__', '')}.{getattr(reference, '__qualname__', '')}"
+    ref_name = against or \
+        f"{getattr(reference, '__module__', '')}.{getattr(reference, '__qualname__', '')}"
     if not cases:
         raise ValueError("check needs at least one case")
     for index, item in enumerate(cases):
@@ -162,3 +175,43 @@ def check(student: Callable, reference: Callable, *cases: Case, rtol: float | No
     print(f"correct: {label} matches {ref_name.strip('.')} on {len(cases)} fixed "
           f"input{'s' if len(cases) > 1 else ''}")
     return len(cases)
+
+
+# --- the training-step exercise: both steps run from the same copy of the adapters -------
+def after_one_step(step: Callable, model, text: torch.Tensor, has_masks: bool,
+                   lr: float = 1e-3) -> Callable:
+    """A function of a batch (stem, masks, labels) that runs ``step`` on a fresh copy of
+    ``model`` with fresh Adam optimisers and returns (its loss, every adapter weight after
+    the step), so that :func:`check` can compare two training steps.
+
+    ``step(model, stem, masks, labels, text, optimizers, has_masks)`` is the exercise's
+    signature; :func:`package_step` is the package's step in that signature.
+    """
+    import copy
+
+    def run(stem, masks, labels):
+        trained = copy.deepcopy(model)
+        trained.banks.train()
+        optimizers = {bank: torch.optim.Adam(getattr(trained.banks, bank).parameters(), lr=lr)
+                      for bank in ("seg", "det")}
+        loss = step(trained, stem, masks, labels, text, optimizers, has_masks)
+        return loss, {name: p.detach() for name, p in trained.banks.named_parameters()}
+    run.__name__ = getattr(step, "__name__", "step")
+    run.__qualname__ = getattr(step, "__qualname__", run.__name__)
+    run.__module__ = getattr(step, "__module__", "")
+    return run
+
+
+def package_step(model, stem, masks, labels, text, optimizers, has_masks):
+    """mvfa_lite.protocols.train's one optimiser step, in the exercise's signature."""
+    from ..protocols.train import Source, _train_step
+    from ..runtime import grad_scaler
+
+    source = Source("check", None, text, has_masks)
+    batch = {"stem": stem, "mask": masks, "label": labels}
+    loss, _ = _train_step(model, source, batch, optimizers,
+                          grad_scaler(model.device, model.config.precision))
+    return loss
+
+
+package_step.__module__, package_step.__qualname__ = "mvfa_lite.protocols.train", "_train_step"
