@@ -16,3 +16,4 @@ export HF_HUB_OFFLINE=1
 mvfa-lite sweep sweeps/book.yaml --force   # cheap: cells of an edited grid run again
 jupyter-book build . -W -n --keep-going
 echo "book: $PWD/_build/html/index.html"
+python scripts/student.py   # the student edition: _build/student/ (book/teaching.md)

@@ -44,3 +44,29 @@ def test_goals_first_and_exercises_with_runnable_solutions_last(notebook):
         assert solution[1]["cell_type"] == "code" and \
             "hide-cell" in solution[1]["metadata"].get("tags", []), "the solution code runs"
     assert all(not cell["outputs"] for cell in code), "notebooks are stored without outputs"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_an_implement_it_exercise_with_its_check_a_summary_and_a_self_check(notebook):
+    """The student edition (scripts/student.py) turns the marked solution into a stub and
+    keeps the check; the self-check's answers are a dropdown, which it strips."""
+    all_cells = cells(notebook)
+    implement = [i for i, cell in enumerate(all_cells) if cell["cell_type"] == "markdown"
+                 and source(cell).startswith("### Exercise")
+                 and "(implement it)" in source(cell).splitlines()[0]]
+    assert implement, "at least one implement-it exercise"
+    for i in implement:
+        solution, check = all_cells[i + 2], all_cells[i + 3]
+        body = source(solution)
+        assert body.count("### BEGIN SOLUTION") == body.count("### END SOLUTION") == 1
+        assert body.index("### BEGIN SOLUTION") < body.index("### END SOLUTION")
+        assert check["cell_type"] == "code" and not check["metadata"].get("tags")
+        assert "checks.check(" in source(check), "an auto-check follows the solution"
+    titles = [source(cell).splitlines()[0] for cell in all_cells
+              if cell["cell_type"] == "markdown"]
+    assert "## Summary" in titles and "## Self-check" in titles
+    at = titles.index("## Self-check")
+    questions = source([c for c in all_cells if c["cell_type"] == "markdown"][at])
+    assert "1. " in questions and "2. " in questions
+    answers = [c for c in all_cells if c["cell_type"] == "markdown"][at + 1]
+    assert source(answers).startswith("```{admonition} Answers\n:class: dropdown")
