@@ -21,6 +21,7 @@ from ..config import OPTIONS, PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
 from ..data import catalogue
 from ..errors import DataWarning, MVFAError
 from ..method.prompts import PROMPT_SETS
+from .bench_command import add_bench, at_least
 from .official import (
     add_fetch_official,
     add_import_official,
@@ -28,10 +29,6 @@ from .official import (
     official_options,
 )
 
-# `mvfa-lite bench` sizes: the full benchmark (3,715 = the BrainMRI test split) and --quick
-BENCH_SIZES = dict(batch_size=64, train_batch=32, epochs=50, test_images=3715,
-                   zero_shot_images=20000)
-BENCH_QUICK = dict(batch_size=16, train_batch=16, epochs=1, test_images=32, zero_shot_images=64)
 ALLOW_OTHER_WEIGHTS = ("load the adapters even into other CLIP weights than they were trained "
                        "with (a loud warning; the numbers then do not measure the trained model)")
 CHOICES = {"protocol": list(PROTOCOLS), "precision": list(PRECISIONS),
@@ -42,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvfa-lite", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_train, _add_evaluate, _add_predict, add_import_official,
-                add_fetch_official, _add_sweep, _add_bench, _add_compare_official):
+                add_fetch_official, _add_sweep, add_bench, _add_compare_official):
         add(commands)
     return parser
 
@@ -64,19 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     except (MVFAError, ValueError) as error:
         print(f"mvfa-lite {args.command}: error: {error}", file=sys.stderr)
         return 2
-
-
-def _at_least(low: int):
-    """argparse type: a whole number >= low."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is too small; it must be >= {low}")
-        return value
-    return parse
 
 
 def _override(text: str) -> tuple[str, object]:
@@ -134,7 +118,7 @@ def _add_train(commands) -> None:
                         "set's own)")
     parser.add_argument("--test-split", help="default test (a shipped set's own)")
     parser.add_argument("--seed-file", help="few-shot: official k-shot.txt file listing the shots")
-    parser.add_argument("--iterate", type=_at_least(0), default=0,
+    parser.add_argument("--iterate", type=at_least(0), default=0,
                         help="draw index in the seed file")
     parser.add_argument("--sources", nargs="+", default=[],
                         help="zero-shot: the other datasets' folders (or names) to train on")
@@ -272,57 +256,6 @@ def _sweep(args) -> int:
     report = run_sweep(args.grid, executor=args.executor, dry_run=args.dry_run,
                        kernel=args.kernel, force=args.force, resources=resources, **options)
     return 1 if report.failed else 0
-
-
-def _add_bench(commands) -> None:
-    parser = commands.add_parser("bench", help="speed of every stage on this device",
-                                description="Measure forward, training-step and scoring "
-                                "throughput, the end-to-end few-shot protocol and one zero-shot "
-                                "epoch, with random weights and generated images (speed does "
-                                "not depend on either). Writes a JSON file.")
-    parser.add_argument("--model", dest="model_name", default="ViT-L-14-336")
-    parser.add_argument("--image-size", type=int, default=240)
-    parser.add_argument("--device", default="auto")
-    for option, default in BENCH_SIZES.items():
-        parser.add_argument(f"--{option.replace('_', '-')}", type=_at_least(1),
-                           help=f"default {default}; with --quick {BENCH_QUICK[option]}")
-    parser.add_argument("--shots", type=int, default=4)
-    parser.add_argument("--repeats", type=_at_least(1), default=3)
-    parser.add_argument("--quick", action="store_true",
-                        help="CPU-sized defaults: one epoch of the k = 4 recipe on a small set "
-                        "(the options given still apply)")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also time a batch-1 per-image loop like the official code's")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the blocks")
-    parser.add_argument("--protocol", choices=list(PROTOCOLS), default="paper")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto")
-    parser.add_argument("--out", default="bench.json")
-    parser.set_defaults(handler=_bench)
-
-
-def bench_sizes(args) -> dict:
-    """The sizes given on the command line; the others from --quick's or the full defaults."""
-    defaults = BENCH_QUICK if args.quick else BENCH_SIZES
-    return {option: getattr(args, option) or default for option, default in defaults.items()}
-
-
-def _bench(args) -> int:
-    from ..outputs import write_json
-    from .bench import format_table, run_benchmark
-    sizes = bench_sizes(args)
-    epochs = sizes.pop("epochs")
-    config = MVFAConfig(model_name=args.model_name, pretrained="random",
-                        image_size=args.image_size, device=args.device, shots=args.shots,
-                        epochs=epochs, protocol=args.protocol,
-                        precision=args.precision)
-    result = run_benchmark(config, repeats=args.repeats, baseline=args.baseline,
-                           compile=args.compile, **sizes)
-    result["command"] = "mvfa-lite " + " ".join(sys.argv[1:]) if sys.argv[0].endswith(
-        "mvfa-lite") else None
-    write_json(args.out, result)
-    print(format_table(result))
-    print(f"written to {args.out}")
-    return 0
 
 
 def _add_compare_official(commands) -> None:
