@@ -121,12 +121,19 @@ def show_progress(progress: bool) -> bool:
 
 def cpu_matrix_units() -> list[str]:
     """The vector and matrix units of this CPU that torch's kernels use (as ``lscpu`` names
-    them: avx2, avx512f, avx512_vnni, avx512_bf16, amx_tile, amx_fp16); bf16 runs natively
+    them: avx2, avx512f, avx512_vnni, avx512_bf16, amx_tile, amx_fp16, amx_bf16); bf16 runs natively
     only with avx512_bf16 or amx (:func:`cpu_bf16_speedup`)."""
     checks = (("avx2", "_is_avx2_supported"), ("avx512f", "_is_avx512_supported"),
               ("avx512_vnni", "_is_vnni_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"),
               ("amx_tile", "_is_amx_tile_supported"), ("amx_fp16", "_is_amx_fp16_supported"))
-    return [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
+    found = [name for name, check in checks if getattr(torch.cpu, check, lambda: False)()]
+    try:                                # amx_bf16, which torch has no check for: lscpu's flag
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return found + ["amx_bf16"] * ("amx_bf16" in flags)
 
 
 def machine() -> dict:
