@@ -12,8 +12,11 @@ and the stream continues as a residual mix (0.8 / 0.1 / 0.1 by default):
     x <- mix[0] * x + mix[1] * y_seg + mix[2] * y_det
 
 so every later level sees the earlier adaptations ("stepwise enhancement"). After the last
-tapped level nothing reads the stream any more, so the last level needs only W1: it is the
-paper's "projector". (The official code also builds a W2 there; it never gets a gradient.)
+tapped level the stream reaches only the pooled output, which MVFA discards, so the last
+level needs only W1 (here called the projector). The official code builds the same
+``ClipAdapter`` (fc1, fc2) at every level, the last included (CLIP/adapter.py,
+``CLIP_Inplanted``); the last level's fc2 never gets a gradient. (Whether the paper itself
+names this last layer a projector was not checked against its text.)
 ``mix=(1, 0, 0)`` leaves the stream untouched: the adapters become independent per-level
 projectors (the levels-and-mix ablation of notebook 11).
 """
@@ -24,7 +27,7 @@ from torch import nn
 
 
 class Adapter(nn.Module):
-    """Bottleneck adapter W -> D (-> W). ``residual=False`` builds the projector (no W2)."""
+    """Bottleneck adapter W -> D (-> W). ``residual=False`` builds the last level's (no W2)."""
 
     def __init__(self, width: int, bottleneck: int, residual: bool = True):
         super().__init__()
