@@ -10,7 +10,6 @@ here, so that ``metrics`` names every metric.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from numpy.typing import ArrayLike
 from sklearn.metrics import (
     average_precision_score,
@@ -22,6 +21,7 @@ from ..errors import MetricError
 from .pixel_metrics import (  # noqa: F401 (the pixel metrics, named here too)
     _DIVERGED_HINT,
     PixelCurves,
+    _numpy,
     aupro,
     pixel_auroc,
     pixel_average_precision,
@@ -29,13 +29,6 @@ from .pixel_metrics import (  # noqa: F401 (the pixel metrics, named here too)
     pixel_metrics,
     pixel_metrics_absent,
 )
-
-
-def _numpy(values) -> np.ndarray:
-    """Any array-like, including a tensor on any device, as a numpy array."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 # --------------------------------------------------------------------------- image level

@@ -184,10 +184,6 @@ class PixelCurves:
     regions: int                 # ground-truth regions (0 when not counted)
     thresholds: np.ndarray       # (U,) the distinct anomalous scores p, highest first
 
-    @property
-    def fpr(self) -> np.ndarray:
-        return self.false_positives / self.normal
-
     def auroc(self) -> float:
         return _area_up_to(self.false_positives, self.true_positives, 1.0,
                            self.normal, self.anomalous)

@@ -37,13 +37,6 @@ class PixelStore:
         else:                           # unnamed: the space returns when the store is gone
             self._file = tempfile.TemporaryFile(prefix="mvfa-pixels-")
 
-    @classmethod
-    def of(cls, values: torch.Tensor) -> PixelStore:
-        """A store holding ``values`` (N, H, W)."""
-        store = cls(len(values), tuple(values.shape[1:]), values.dtype)
-        store.append(values)
-        return store
-
     def __len__(self) -> int:
         return self.filled
 
