@@ -190,3 +190,41 @@ def test_openai_torchscript_checkpoint_is_converted(tmp_path, monkeypatch):
     backbone = load_backbone("ViT-S-16", "openai-file", 224, checkpoint=tmp_path / "openai-style.pt")
     torch.testing.assert_close(backbone.clip.visual.conv1.weight, native.visual.conv1.weight)
     assert len(list((tmp_path / "cache").glob("*.state_dict.pt"))) == 1
+
+
+def test_frozen_weights_cast_once_match_autocast_bit_for_bit(tiny_model):
+    """Under bf16 autocast the frozen blocks use a kept bf16 copy of each weight: the same
+    numbers as autocast's own cast at every call, refreshed when a weight changes."""
+    from mvfa_lite.method import backbone as bb
+    blocks = tiny_model.backbone.blocks
+    x = torch.randn(2, 290, 96)
+
+    def plain():                                    # open_clip's layers, autocast's casts
+        h = x
+        for block in blocks:
+            h = block(h)
+        return h
+
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        kept, expected = tiny_model.backbone.run_blocks(x, 0, 4), plain()
+        weight = blocks[0].mlp.c_fc.weight
+        assert bb._AUTOCAST_COPIES[weight][1].dtype == torch.bfloat16
+        weight.mul_(2.0)                                           # changed in place
+        changed, expected_changed = tiny_model.backbone.run_blocks(x, 0, 4), plain()
+        weight.div_(2.0)
+    torch.testing.assert_close(kept, expected, rtol=0, atol=0)
+    torch.testing.assert_close(changed, expected_changed, rtol=0, atol=0)
+    assert not torch.equal(changed, kept)
+    with torch.no_grad():                           # outside autocast: the fp32 weights
+        assert tiny_model.backbone.run_blocks(x, 0, 1).dtype == torch.float32
+
+
+def test_kept_copies_serve_training_after_inference_mode(tiny_model):
+    """A copy first made while scoring (inference mode) still serves a training step."""
+    x = torch.randn(2, 290, 96)
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        tiny_model.backbone.run_blocks(x, 0, 4)
+    x.requires_grad_(True)
+    with torch.autocast("cpu", torch.bfloat16):
+        tiny_model.backbone.run_blocks(x, 0, 4).float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

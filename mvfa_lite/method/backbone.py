@@ -28,6 +28,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..errors import WeightsError, unreadable_reason
 from ..outputs import atomic_write
@@ -126,17 +127,51 @@ def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """One open_clip residual block with attention computed by ``scaled_dot_product_attention``
     on batch-first, contiguous tensors. nn.MultiheadAttention transposes to (T, B, W) first,
     which in bf16 on CPU hits a copy that is ~100x slower than the maths; SDPA also picks the
-    flash / memory-efficient kernels on GPU. Other block types run their own forward."""
+    flash / memory-efficient kernels on GPU. Its projections take their weights from
+    :func:`_in_autocast_dtype`. Other block types run their own forward."""
     attn = getattr(block, "attn", None)
     if not isinstance(attn, nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
         return block(x)
     b, t, w = x.shape
     heads = attn.num_heads
-    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)    # (B, T, 3W)
+    qkv = F.linear(block.ln_1(x), _in_autocast_dtype(attn.in_proj_weight),
+                   _in_autocast_dtype(attn.in_proj_bias))                   # (B, T, 3W)
     q, k, v = qkv.view(b, t, 3, heads, w // heads).permute(2, 0, 3, 1, 4)     # (B, H, T, W/H)
     out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, w)
-    x = x + block.ls_1(attn.out_proj(out))
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    x = x + block.ls_1(_linear(attn.out_proj, out))
+    h = block.ln_2(x)
+    for layer in block.mlp:                           # c_fc, activation, c_proj
+        h = _linear(layer, h) if isinstance(layer, nn.Linear) else layer(h)
+    return x + block.ls_2(h)
+
+
+def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, _in_autocast_dtype(layer.weight), _in_autocast_dtype(layer.bias))
+
+
+def _in_autocast_dtype(weight: torch.Tensor | None) -> torch.Tensor | None:
+    """A frozen weight in the dtype of the autocast that is on, cast once and kept.
+
+    Autocast casts it at every call otherwise (its cache keeps only weights that require
+    gradients), which reads all 300 M weights of ViT-L at every step; the cast is the same
+    rounding, so the results are bit for bit those of autocast. Weights that require
+    gradients, and any weight outside autocast, are returned as they are. The copy is made
+    again when the weight changes (in place, or moved to another device), and is dropped
+    with the weight."""
+    if weight is None or weight.requires_grad or not torch.is_autocast_enabled(weight.device.type):
+        return weight
+    dtype = torch.get_autocast_dtype(weight.device.type)
+    if weight.dtype == dtype or not weight.is_floating_point():
+        return weight
+    key = (dtype, weight.data_ptr(), weight._version)
+    kept = _AUTOCAST_COPIES.get(weight)                                  # (key, copy)
+    if kept is None or kept[0] != key:
+        with torch.inference_mode(False):        # a copy that training may use later too
+            kept = _AUTOCAST_COPIES[weight] = (key, weight.detach().to(dtype))
+    return kept[1]
+
+
+_AUTOCAST_COPIES = WeakTensorKeyDictionary()
 
 
 def patch_size(model_name: str) -> int | None:
