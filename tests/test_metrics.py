@@ -171,8 +171,7 @@ def test_the_gpu_code_path_counts_like_the_numpy_one(case):
     with_torch = pixel_metrics_module._count_normal(values, torch.from_numpy(normal))
     np.testing.assert_array_equal(with_torch[0], below)
     np.testing.assert_array_equal(with_torch[1], at)
-    # against counting by hand, with fewer and with more normal pixels than scores (numpy
-    # then sorts the pixels, or searches each pixel among the scores)
+    # against counting by hand, with fewer and with more normal pixels than scores
     for some in (normal, normal[: len(values) // 2]):
         below, at = pixel_metrics_module._count_normal(values, some)
         np.testing.assert_array_equal(below, [(some < p).sum() for p in values])

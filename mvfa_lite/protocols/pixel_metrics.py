@@ -4,15 +4,17 @@ Pixel-level test sets are too large for scikit-learn (3,715 images of 240x240 ar
 pixels: minutes and gigabytes), so they are computed here, exactly, a chunk of images at a
 time (maps and masks may be arrays, tensors or :class:`~.pixelstore.PixelStore`\\ s):
 
-* first pass: the anomalous pixels' scores (a small part of the pixels) are gathered, with
-  the ground-truth region of each, and sorted;
+* first pass: the anomalous pixels' scores (a small part of the pixels) are gathered and
+  sorted, and only their distinct values and counts are kept;
 * every distinct score p of an anomalous pixel gives two points of the curves: all pixels
   scoring > p predicted anomalous, then all scoring >= p. Between two such points only
   normal pixels change side, so the ROC and PRO curves are flat there and the points list
   every corner of the curves: the areas are exact, ties included (a tie is the straight
   segment between the "> p" and ">= p" points, as in scikit-learn and the MVTec AD code);
-* second pass: each normal pixel is counted against those distinct scores (a binary search,
-  on a GPU there when the maps are there), so the bulk of the pixels is never held at once.
+* second pass, a chunk of images at a time: the chunk's normal pixels are sorted and each
+  distinct score is looked up among them (on a GPU when the maps are there), and each
+  anomalous pixel adds 1 / (its region's size) to its score's PRO overlap; so the bulk of
+  the pixels is never held at once, and the curves are summed a block of corners at a time.
 
 :func:`pixel_auroc` and :func:`pixel_average_precision` equal scikit-learn's
 ``roc_auc_score`` and ``average_precision_score`` on the flattened pixels; :func:`aupro` is
@@ -32,8 +34,8 @@ from ..errors import MetricError
 from .pixelstore import PixelStore, image_chunks
 
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # structuring element for ndimage.label
-BLOCK = 2**20                   # curve corners handled at a time by the metrics
-CHUNK_PIXELS = 2**21            # pixels read at a time (fewer chunks: fewer searches)
+BLOCK = 2**18                   # thresholds handled at a time by the metrics
+CHUNK_PIXELS = 2**20            # pixels read at a time
 _DIVERGED_HINT = ("The model produced them (for example, training diverged); "
                   "try a lower learning rate or run in fp32.")
 
@@ -95,51 +97,56 @@ def _scores(map_chunk):
 
 def _count_normal(values, normal) -> tuple:
     """For the distinct anomalous scores ``values`` (U,), increasing, and some normal scores
-    (M,): per p = values[j], how many normal scores are < p and how many are == p, (U,) each.
-    numpy arrays, or tensors (on a GPU: counted there)."""
-    if isinstance(normal, torch.Tensor):
-        values = torch.as_tensor(values, device=normal.device, dtype=normal.dtype)
-        below = torch.searchsorted(values, normal, side="left")       # anomalous scores < v
-        equal = values[below.clamp(max=len(values) - 1)] == normal
-        first_above = torch.bincount(below, minlength=len(values) + 1)
-        at = torch.bincount(below[equal], minlength=len(values))
-        return (first_above.cumsum(0)[:-1] - at).cpu().numpy(), at.cpu().numpy()
-    values = values.astype(normal.dtype, copy=False)
-    if len(values) < len(normal):      # fewer scores than pixels: sort the pixels, search them
-        normal = np.sort(normal)
-        below = np.searchsorted(normal, values, side="left")
-        return below, np.searchsorted(normal, values, side="right") - below
-    below = np.searchsorted(values, normal, side="left")
-    equal = values[np.minimum(below, len(values) - 1)] == normal
-    first_above = np.bincount(below, minlength=len(values) + 1)
-    at = np.bincount(below[equal], minlength=len(values))
-    return first_above.cumsum()[:-1] - at, at
+    (M,): per p = values[j], how many normal scores are < p and how many are == p, (U,)
+    each. The normal scores are sorted and
+    each block of values is looked up in them, so nothing of size U is made beyond the
+    result; numpy arrays, or tensors (on a GPU: sorted and searched there)."""
+    on_torch = isinstance(normal, torch.Tensor)
+    normal = torch.sort(normal).values if on_torch else np.sort(normal)
+    below = np.empty(len(values), _count_dtype(len(normal)))
+    at = np.empty_like(below)
+    for part in _blocks(len(values)):
+        if on_torch:
+            block = torch.as_tensor(values[part], device=normal.device, dtype=normal.dtype)
+            left, right = (torch.searchsorted(normal, block, side=side).cpu().numpy()
+                           for side in ("left", "right"))
+        else:
+            block = values[part].astype(normal.dtype, copy=False)
+            left, right = (np.searchsorted(normal, block, side=side)
+                           for side in ("left", "right"))
+        below[part], at[part] = left, right - left
+    return below, at
 
 
-@dataclass
-class _Anomalous:
-    """The anomalous pixels of a split: each distinct score, increasing (U,), how many pixels
-    score it, and the sum of 1 / (region size) over them (for AUPRO)."""
-    values: np.ndarray
-    at: np.ndarray
-    overlap_at: np.ndarray
-    regions: int
+def _count_dtype(count: int):
+    """The smallest integer type that holds counts up to ``count`` (int32 for most splits)."""
+    return np.int32 if count < 2**31 else np.int64
 
 
-def _anomalous_pixels(masks, maps, regions: bool, metric: str) -> tuple[_Anomalous, int]:
-    """First pass: (the anomalous pixels, the number of pixels)."""
-    scores, region_ids, sizes, total, regions_seen = [], [], [], 0, 0
+def _distinct(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of sorted ``scores`` (U,) and how many times each occurs (U,),
+    found a block at a time (no index array of the size of ``scores``)."""
+    new = np.empty(len(scores), bool)
+    new[0] = True
+    np.not_equal(scores[1:], scores[:-1], out=new[1:])
+    values = scores[new]
+    starts = np.empty(len(values) + 1, _count_dtype(len(scores)))
+    starts[-1], filled = len(scores), 0
+    for part in _blocks(len(scores)):
+        local = np.flatnonzero(new[part]) + part.start
+        starts[filled:filled + len(local)] = local
+        filled += len(local)
+    return values, np.diff(starts)
+
+
+def _anomalous_scores(masks, maps, metric: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """First pass: the distinct anomalous scores (U,), increasing, how many anomalous pixels
+    score each (U,), and the number of pixels."""
+    scores, total = [], 0
     for mask_chunk, map_chunk in _pairs(masks, maps):
         mask_chunk = _binary(mask_chunk, metric)                     # (B, H, W) bool
-        score_chunk = _numpy(_scores(map_chunk))
-        scores.append(score_chunk[mask_chunk])
+        scores.append(_numpy(_scores(map_chunk))[mask_chunk])
         total += mask_chunk.size
-        for mask in mask_chunk if regions else ():
-            if mask.any():
-                labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
-                region_ids.append(labelled[mask] - 1 + regions_seen)         # int32
-                sizes.append(np.bincount(labelled.ravel())[1:])
-                regions_seen += n
     anomalous = np.concatenate(scores)
     del scores
     if len(anomalous) == 0:
@@ -151,17 +158,23 @@ def _anomalous_pixels(masks, maps, regions: bool, metric: str) -> tuple[_Anomalo
         raise MetricError(
             f"{metric} is undefined: the masks contain only anomalous pixels ({total} of "
             f"{total}). Add normal images (good/img) to the test split or report another metric.")
-    order = np.argsort(anomalous, kind="stable")
-    anomalous = anomalous[order]
-    if regions:                 # each anomalous pixel's region, in the sorted order
-        region_ids = np.concatenate(region_ids)[order]
-    del order
-    starts = np.flatnonzero(np.concatenate(([True], anomalous[1:] != anomalous[:-1])))
-    at = np.diff(np.append(starts, len(anomalous)))
-    overlap_at = np.zeros(len(starts))
-    if regions:                 # per distinct score: the sum of 1 / (its pixels' region size)
-        overlap_at = np.add.reduceat(1.0 / np.concatenate(sizes)[region_ids], starts)
-    return _Anomalous(anomalous[starts], at, overlap_at, regions_seen), total
+    anomalous.sort()
+    return *_distinct(anomalous), total
+
+
+def _region_overlaps(mask_chunk: np.ndarray, score_chunk: np.ndarray, values: np.ndarray,
+                     overlap_at: np.ndarray) -> int:
+    """Add to ``overlap_at`` (U,), per distinct score, 1 / (region size) for each anomalous
+    pixel of these images (B, H, W) that scores it; the number of regions found."""
+    regions = 0
+    for mask, scores in zip(mask_chunk, score_chunk):
+        if mask.any():
+            labelled, n = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+            sizes = np.bincount(labelled.ravel())                    # (n + 1,), 0: normal
+            where = np.searchsorted(values, scores[mask])
+            np.add.at(overlap_at, where, 1.0 / sizes[labelled[mask]])
+            regions += n
+    return regions
 
 
 def _non_finite(maps) -> int:
@@ -170,48 +183,74 @@ def _non_finite(maps) -> int:
 
 @dataclass
 class PixelCurves:
-    """The corners of the ROC and PRO curves, highest threshold first (module docstring).
-
-    Corner 0 is (0, 0); then, for each distinct score p of an anomalous pixel, from the
-    highest: "score > p", then "score >= p" predicted anomalous; the last corner predicts
-    every pixel anomalous. Counts, (2U + 2,) each:
-    """
-    false_positives: np.ndarray  # normal pixels predicted anomalous
-    true_positives: np.ndarray   # anomalous pixels predicted anomalous
-    overlap: np.ndarray          # sum over regions of the fraction predicted anomalous
+    """What the ROC and PRO curves of a split are made of, per distinct score p of an
+    anomalous pixel, increasing (U,) (module docstring). Each p gives two corners of the
+    curves, "score > p" and "score >= p" predicted anomalous; :meth:`corners` lists them a
+    block at a time, so the curves are never held whole."""
+    thresholds: np.ndarray       # (U,) the distinct anomalous scores p, increasing
+    anomalous_at: np.ndarray     # (U,) anomalous pixels scoring p
+    normal_below: np.ndarray     # (U,) normal pixels scoring < p
+    normal_at: np.ndarray        # (U,) normal pixels scoring p
+    overlap_at: np.ndarray       # (U,) sum of 1 / region size over the anomalous pixels at p
+                                 # (empty when the regions are not counted)
     normal: int                  # normal pixels
     anomalous: int               # anomalous pixels
     regions: int                 # ground-truth regions (0 when not counted)
-    thresholds: np.ndarray       # (U,) the distinct anomalous scores p, highest first
+
+    def corners(self):
+        """(false positives, true positives, overlap, p) at the corners, highest p first, a
+        block of thresholds at a time; false positives, true positives and overlap (2B + 1,)
+        start with the last corner of the block before ((0, 0, 0) first), and "score > p",
+        "score >= p" alternate; p (B,) is the threshold of the ">=" corners. The last corner
+        predicts every pixel anomalous."""
+        last = np.zeros(3)
+        tp_above, overlap_above = 0, 0.0         # anomalous pixels (overlap) scoring > p
+        for part in _blocks(len(self.thresholds))[::-1]:
+            down = slice(part.stop - 1, part.start - 1 if part.start else None, -1)
+            normal_at = self.normal_at[down]
+            fp_at_least = self.normal - self.normal_below[down].astype(np.float64)
+            tp_at_least = tp_above + np.cumsum(self.anomalous_at[down], dtype=np.float64)
+            overlap_at = self.overlap_at[down] if len(self.overlap_at) else fp_at_least * 0
+            overlap_at_least = overlap_above + np.cumsum(overlap_at)
+            block = np.empty((3, 2 * len(fp_at_least) + 1))
+            block[:, 0] = last
+            block[0, 1::2] = fp_at_least - normal_at   # "score > p"
+            block[1, 1::2] = tp_at_least - self.anomalous_at[down]
+            block[2, 1::2] = overlap_at_least - overlap_at
+            block[:, 2::2] = fp_at_least, tp_at_least, overlap_at_least    # "score >= p"
+            last = block[:, -1].copy()
+            tp_above, overlap_above = tp_at_least[-1], overlap_at_least[-1]
+            yield block[0], block[1], block[2], self.thresholds[down]
+        final = np.array([self.normal, self.anomalous, self.regions], np.float64)
+        yield *np.stack([last, final], axis=1), self.thresholds[:0]
 
     def auroc(self) -> float:
-        return _area_up_to(self.false_positives, self.true_positives, 1.0,
+        return _area_up_to(((fp, tp) for fp, tp, _, _ in self.corners()), 1.0,
                            self.normal, self.anomalous)
 
     def average_precision(self) -> float:
         """Sum over thresholds of (recall increase) x precision, as scikit-learn defines it."""
         total = 0.0
-        for part in _blocks(len(self.thresholds)):
-            above = self.true_positives[1:-1:2][part]                 # (block,) each
-            at, fp = self.true_positives[2:-1:2][part], self.false_positives[2:-1:2][part]
-            total += float(np.sum((at - above) / self.anomalous * (at / (at + fp))))
+        for fp, tp, _, _ in self.corners():
+            above, at, fp_at = tp[1:-1:2], tp[2::2], fp[2::2]         # (block,) each
+            total += float(np.sum((at - above) / self.anomalous * (at / (at + fp_at))))
         return total
 
     def aupro(self, fpr_limit: float = 0.3) -> float:
-        return _area_up_to(self.false_positives, self.overlap, fpr_limit, self.normal,
-                           self.regions) / fpr_limit
+        return _area_up_to(((fp, overlap) for fp, _, overlap, _ in self.corners()),
+                           fpr_limit, self.normal, self.regions) / fpr_limit
 
     def f1_max(self) -> tuple[float, float]:
         """Best pixel F1 over the thresholds "score >= p" (F1 can only peak at the score of
         an anomalous pixel), and that p; of equal F1s the lowest p, as :func:`f1_max`."""
-        best_f1, best = -1.0, 0
-        for part in _blocks(len(self.thresholds)):
-            tp, fp = self.true_positives[2:-1:2][part], self.false_positives[2:-1:2][part]
-            f1 = 2 * tp / (tp + fp + self.anomalous)                  # = 2PR / (P + R)
-            last = len(f1) - 1 - int(np.argmax(f1[::-1]))              # the lowest p of a tie
-            if f1[last] >= best_f1:
-                best_f1, best = float(f1[last]), part.start + last
-        return best_f1, float(self.thresholds[best])
+        best_f1, best = -1.0, 0.0
+        for fp, tp, _, thresholds in self.corners():
+            if len(thresholds):
+                f1 = 2 * tp[2::2] / (tp[2::2] + fp[2::2] + self.anomalous)  # = 2PR / (P + R)
+                last = len(f1) - 1 - int(np.argmax(f1[::-1]))          # the lowest p of a tie
+                if f1[last] >= best_f1:
+                    best_f1, best = float(f1[last]), float(thresholds[last])
+        return best_f1, best
 
 
 def _blocks(count: int) -> list[slice]:
@@ -221,61 +260,46 @@ def _blocks(count: int) -> list[slice]:
 
 def pixel_curves(masks, maps, regions: bool = True, metric: str = "pixel metrics",
                  device: str | torch.device | None = None) -> PixelCurves:
-    """The exact ROC / PRO curve corners of anomaly maps (N, H, W) against masks (N, H, W).
+    """The exact ROC / PRO curves of anomaly maps (N, H, W) against masks (N, H, W).
 
     ``regions=False`` skips labelling the ground-truth regions (no AUPRO then). The normal
     pixels are counted on ``device`` (default: where the maps are), a chunk of images at a
-    time; the rest runs in numpy.
+    time; the rest runs in numpy. Memory: the maps a chunk at a time, and about 24 bytes
+    per distinct anomalous score.
     """
     masks, maps = _as_images(masks), _as_images(maps)
     _check_shapes(masks, maps, metric)
-    anomalous, total = _anomalous_pixels(masks, maps, regions, metric)
-    if not np.isfinite(anomalous.values[[0, -1]]).all():
+    values, anomalous_at, total = _anomalous_scores(masks, maps, metric)
+    if not np.isfinite(values[[0, -1]]).all():
         raise MetricError(f"{metric} is undefined: {_non_finite(maps)} of {total} anomaly-map "
                           f"pixels are non-finite (NaN or inf). {_DIVERGED_HINT}")
-    normal_below = np.zeros(len(anomalous.values), np.int64)   # per p: normal pixels < p
-    normal_at = np.zeros(len(anomalous.values), np.int64)      #        normal pixels == p
+    normal_below = np.zeros(len(values), _count_dtype(total))   # per p: normal pixels < p
+    normal_at = np.zeros_like(normal_below)                      #        normal pixels == p
+    overlap_at, regions_seen = np.zeros(len(values) if regions else 0), 0
     device = torch.device(device) if device is not None else \
         (maps.device if isinstance(maps, torch.Tensor) else torch.device("cpu"))
     gpu = device.type != "cpu"
     for mask_chunk, map_chunk in _pairs(masks, maps):
-        score_chunk = _scores(map_chunk)
+        score_chunk, mask_bool = _scores(map_chunk), _binary(mask_chunk, metric)
         if gpu:
-            score_chunk = torch.as_tensor(score_chunk).to(device)
-            normal = score_chunk[~torch.as_tensor(mask_chunk).to(device).bool()]
+            on_device = torch.as_tensor(score_chunk).to(device)
+            normal = on_device[~torch.as_tensor(mask_bool).to(device)]
         else:
-            normal = _numpy(score_chunk)[~_binary(mask_chunk, metric)]
+            normal = _numpy(score_chunk)[~mask_bool]
         finite = torch.isfinite(normal).all() if gpu else np.isfinite(normal).all()
         if not finite:
             raise MetricError(f"{metric} is undefined: {_non_finite(maps)} of {total} "
                               f"anomaly-map pixels are non-finite (NaN or inf). {_DIVERGED_HINT}")
-        below, at = _count_normal(anomalous.values, normal)
+        below, at = _count_normal(values, normal)
+        del normal
         normal_below += below
         normal_at += at
-    # the corners, highest p first: "> p" at odd positions, ">= p" at even ones; built in
-    # place (per distinct score p, (U,) each, reversed)
-    u = len(anomalous.values)
-    n_anomalous = int(anomalous.at.sum())
-    n_normal = total - n_anomalous
-    fp, tp = np.empty(2 * u + 2), np.empty(2 * u + 2)
-    fp[0], fp[-1], tp[0], tp[-1] = 0.0, n_normal, 0.0, n_anomalous
-    np.subtract(n_normal, normal_below[::-1], out=fp[2:-1:2])        # normal pixels >= p
-    normal_at += normal_below                                         # normal pixels <= p
-    np.subtract(n_normal, normal_at[::-1], out=fp[1:-1:2])            # normal pixels > p
-    del normal_below, normal_at
-    ends = np.cumsum(anomalous.at)                                    # anomalous pixels <= p
-    np.subtract(n_anomalous, ends[::-1], out=tp[1:-1:2])
-    np.add(tp[1:-1:2], anomalous.at[::-1], out=tp[2:-1:2])
-    del ends
-    overlap = np.zeros(2 * u + 2)               # left untouched (no memory) without regions
-    if regions:
-        up_to = np.cumsum(anomalous.overlap_at)
-        np.maximum(up_to[-1] - up_to[::-1], 0.0, out=overlap[1:-1:2])
-        np.add(overlap[1:-1:2], anomalous.overlap_at[::-1], out=overlap[2:-1:2])
-        overlap[-1] = anomalous.regions
-        del up_to
-    return PixelCurves(fp, tp, overlap, n_normal, n_anomalous, anomalous.regions,
-                       anomalous.values[::-1].astype(np.float64))
+        del below, at
+        if regions:
+            regions_seen += _region_overlaps(mask_bool, _numpy(score_chunk), values, overlap_at)
+    n_anomalous = int(anomalous_at.sum(dtype=np.int64))
+    return PixelCurves(values, anomalous_at, normal_below, normal_at, overlap_at,
+                       total - n_anomalous, n_anomalous, regions_seen)
 
 
 def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
@@ -290,20 +314,18 @@ def pixel_average_precision(masks: ArrayLike, maps: ArrayLike) -> float:
     return pixel_curves(masks, maps, regions=False, metric="pixel AP").average_precision()
 
 
-def _area_up_to(x: np.ndarray, y: np.ndarray, x_max: float, x_scale: float,
-                y_scale: float) -> float:
-    """Trapezoid area under y / y_scale against x / x_scale on [0, x_max]; x is
-    non-decreasing, starts at 0 and ends at or beyond x_max (summed a block at a time)."""
-    keep = sum(int(np.count_nonzero(x[part] / x_scale <= x_max)) for part in _blocks(len(x)))
+def _area_up_to(blocks, x_max: float, x_scale: float, y_scale: float) -> float:
+    """Trapezoid area under y / y_scale against x / x_scale on [0, x_max], from blocks of
+    corners (x, y), each starting with the last corner of the block before; x is
+    non-decreasing, starts at 0 and ends at or beyond x_max."""
     area = 0.0
-    for part in _blocks(keep - 1):       # trapezoids between corners part.start .. part.stop
-        xs = x[part.start:part.stop + 1] / x_scale
-        ys = y[part.start:part.stop + 1] / y_scale
-        area += float(np.sum(np.diff(xs) * (ys[1:] + ys[:-1]) / 2))
-    if keep < len(x):  # add the point at exactly x_max by linear interpolation
-        x0, x1 = x[keep - 1] / x_scale, x[keep] / x_scale
-        y0, y1 = y[keep - 1] / y_scale, y[keep] / y_scale
-        area += float((x_max - x0) * (2 * y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)) / 2)
+    for x, y in blocks:
+        x, y = x / x_scale, y / y_scale
+        keep = int(np.count_nonzero(x <= x_max))
+        area += float(np.sum(np.diff(x[:keep]) * (y[1:keep] + y[:keep - 1]) / 2))
+        if keep < len(x):  # add the point at exactly x_max by linear interpolation
+            x0, x1, y0, y1 = x[keep - 1], x[keep], y[keep - 1], y[keep]
+            return area + float((x_max - x0) * (2 * y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)) / 2)
     return area
 
 
