@@ -54,6 +54,10 @@ OUTPUT_MARKER = ".mvfa-lite-output"
 #: What ``train`` writes; ``evaluate`` writes the same without adapters.pth.
 TRAIN_FILES = ("adapters.pth", "metrics.json", "scores.csv", "maps.npz")
 EVALUATE_FILES = ("metrics.json", "scores.csv", "maps.npz")
+#: The one wording of the notice that ``predict`` (its --help and its output) and the
+#: method pages of the book carry (tests/test_clinical_notice.py checks them).
+RESEARCH_ONLY = ("Research use only, not for clinical use: mvfa-lite is not a medical "
+                 "device, and its scores and maps are not diagnoses.")
 #: What ``predict`` writes: scores.csv and one numbered overlay per image.
 PREDICT_FILES = ("scores.csv", "[0-9][0-9][0-9][0-9][0-9]_*.png")
 #: a full disk, an exhausted quota, a file over the size limit (``ulimit -f``)

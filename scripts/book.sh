@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set everything up, run the small result sweep, and build the book (offline, CPU, tiny
+# Set everything up, run the small result sweeps, and build the book (offline, CPU, tiny
 # random-weight ViT on the embedded data). Output: _build/html/index.html
 #
 # With real weights on a GPU: MVFA_BOOK_PROFILE=gpu bash scripts/book.sh
@@ -14,6 +14,7 @@ if [ "${MVFA_BOOK_PROFILE:-cpu}" = "gpu" ]; then
 fi
 export HF_HUB_OFFLINE=1
 mvfa-lite sweep sweeps/book.yaml --force   # cheap: cells of an edited grid run again
+mvfa-lite sweep sweeps/book-zeroshot.yaml --force   # the zero-shot rows of notebook 12
 jupyter-book build . -W -n --keep-going
 echo "book: $PWD/_build/html/index.html"
 python scripts/student.py   # the student edition: _build/student/ (book/teaching.md)

@@ -2,7 +2,11 @@
 
 The repository's address lives in one place, _config.yml (repository.url and branch), which
 also drives the book's launch buttons. This script writes it into each notebook's "Open in
-Colab" badge and its set-up cell (the first code cell after the parameters).
+Colab" badge and its set-up cell (the first code cell after the parameters), where the
+environment variable MVFA_REPOSITORY overrides it (a course's fork). The set-up cell
+installs mvfa-lite from the clone it runs in, else from a wheel uploaded beside the
+notebook, else from the repository; a failed install is one line saying what to do. It
+ends by moving out_dir below Colab's working folder (teaching.notebook.output_folder).
 
     python scripts/sync_notebooks.py            # rewrite the notebooks
     python scripts/sync_notebooks.py --check    # exit 1 if a notebook is out of date (tests)
@@ -20,25 +24,45 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SETUP_MARK = "# Set-up (Colab, or a Python without mvfa-lite)"
 SETUP = '''{mark}: install mvfa-lite once;
-# re-running is harmless.
+# re-running is harmless. A course's fork: set os.environ["MVFA_REPOSITORY"] to its
+# URL first. Cannot reach it: upload mvfa_lite-*.whl (`pip wheel --no-deps .` in a
+# clone) to the working folder (/content on Colab) and run this cell again.
 import importlib
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
 
-REPOSITORY = "{url}"  # from _config.yml
+REPOSITORY = os.environ.get(  # a course's fork, else _config.yml's
+    "MVFA_REPOSITORY", "{url}")
+
+
+class SetupFailed(Exception):
+    def _render_traceback_(self):  # Jupyter shows this one line, not a traceback
+        return [str(self)]
+
+
 if importlib.util.find_spec("mvfa_lite") is None:
     here = pathlib.Path.cwd()
     clone = next((p for p in (here, *here.parents) if (p / "mvfa_lite").is_dir()), None)
+    wheels = sorted(here.glob("mvfa_lite-*.whl"))
     source = (f"{{clone}}[notebooks]" if clone
+              else f"{{wheels[-1]}}[notebooks]" if wheels
               else f"mvfa-lite[notebooks] @ git+{{REPOSITORY}}")
     pip = [sys.executable, "-m", "pip", "install", "-q", source]
-    subprocess.run(pip, check=True)
+    quiet = {{**os.environ, "GIT_TERMINAL_PROMPT": "0"}}  # never ask for a password
+    if subprocess.run(pip, env=quiet, capture_output=True).returncode != 0:
+        raise SetupFailed(
+            f"could not install mvfa-lite from {{source}}; upload mvfa_lite-*.whl to "
+            f"{{here}} (or set MVFA_REPOSITORY to a repository you can reach) and rerun.")
     importlib.invalidate_caches()
     print(f"installed mvfa-lite from {{source}}")
 else:
-    print("mvfa-lite is installed:", importlib.util.find_spec("mvfa_lite").origin)'''
+    print("mvfa-lite is installed:", importlib.util.find_spec("mvfa_lite").origin)
+from mvfa_lite.teaching.notebook import output_folder
+
+out_dir = output_folder(out_dir)  # on Colab: below /content, in its file browser'''
 BADGE = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+")
 
 

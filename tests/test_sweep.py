@@ -9,7 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mvfa_lite.errors import MVFAError
+from mvfa_lite.data import catalogue
+from mvfa_lite.errors import DataError, MVFAError
 from mvfa_lite.outputs import collect_results, save_result, write_json
 from mvfa_lite.tools.cli import main
 from mvfa_lite.tools.sweep import load_grid, notebook_parameters, run_sweep
@@ -248,3 +249,26 @@ def test_result_files_are_atomic_and_collected(tmp_path):
     assert "history" not in rows[0] and rows[0]["parameters.levels"] == (6, 12)
     assert not list(tmp_path.rglob("*.tmp"))
     assert json.loads((tmp_path / "a" / "result.json").read_text())["name"] == "a"
+
+
+def test_table2_grid_leaves_each_bmad_set_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    grid = load_grid("sweeps/table2_zeroshot.yaml")
+    cells = grid.cells()
+    targets = [f"data/{key}_AD" for key in ("Histopathology", "Chest", "Retina_OCT2017",
+                                            "Brain", "Liver", "Retina_RESC")]
+    assert [cell.parameters["target"] for cell in cells] == targets
+    assert [cell.name for cell in cells] == ["target-data-" + t[5:].replace("_", "-") for t in targets]
+    assert {(c.parameters["sources"], c.parameters["protocol"], c.inject["sources"])
+            for c in cells} == {("others", "paper", "others")}
+    for key in catalogue.BMAD_KEYS:             # what the notebook resolves "others" to
+        (tmp_path / f"{key}_AD").mkdir()
+    for target in targets:
+        sources = catalogue.leave_one_out(tmp_path / Path(target).name)
+        assert [s.name for s in sources] == [f"{k}_AD" for k in catalogue.BMAD_KEYS
+                                             if f"data/{k}_AD" != target]
+    with pytest.raises(DataError, match="not a BMAD folder"):
+        catalogue.leave_one_out(tmp_path / "busi")
+    (tmp_path / "Liver_AD").rmdir()
+    with pytest.raises(DataError, match="Liver"):
+        catalogue.leave_one_out(tmp_path / "Brain_AD")

@@ -16,9 +16,10 @@ where they exist, in ``$MVFA_SHARED_DATA`` (default ``../shared/data`` beside th
 their licences do not allow redistribution. The six BMAD sets (:data:`BMAD_KEYS`) are
 downloaded by the user.
 
-:func:`path` turns a set's name or a folder into a folder, and :func:`bmad_path` a BMAD key
-and the folder the user extracted BMAD into; neither falls back to another set: a set that
-is not here stops with a message saying how to get it.
+:func:`path` turns a set's name or a folder into a folder, :func:`bmad_path` a BMAD key
+and the folder the user extracted BMAD into, and :func:`leave_one_out` a BMAD folder into
+the other five (the sources of the paper's zero-shot setting); none falls back to another
+set: a set that is not here stops with a message saying how to get it.
 """
 from __future__ import annotations
 
@@ -98,6 +99,20 @@ def bmad_path(data_root: str | os.PathLike, key: str) -> Path:
         "Download the BMAD archives linked from the MVFA README (Google Drive) and extract "
         f"them into {data_root}, so that it contains {key}_AD/."
     )
+
+
+def leave_one_out(target: str | os.PathLike) -> list[Path]:
+    """The sources of the paper's zero-shot setting (Table 2) for a BMAD ``target`` folder
+    (``<data_root>/<Key>_AD`` or ``<data_root>/<Key>``): the other five BMAD folders beside
+    it, in :data:`BMAD_KEYS` order. DataError when the folder is not named after a BMAD key
+    or a sibling is missing."""
+    target = Path(target)
+    key = target.name.removesuffix("_AD")
+    if key not in BMAD_KEYS:
+        raise DataError(f"{target} is not a BMAD folder (<Key>_AD with Key one of "
+                        f"{', '.join(BMAD_KEYS)}), so it has no leave-one-out sources; give "
+                        "the sources as a list of folders instead.")
+    return [bmad_path(target.parent, other) for other in BMAD_KEYS if other != key]
 
 
 def splits(spec: str | os.PathLike) -> tuple[str, str]:

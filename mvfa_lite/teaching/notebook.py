@@ -1,4 +1,5 @@
-"""The notebooks' one switch between real CLIP weights and the tiny random-weight ViT.
+"""The notebooks' one switch between real CLIP weights and the tiny random-weight ViT, and
+where their outputs go on Colab.
 
 ``real_weights = None`` (the default of every notebook) means: real OpenAI CLIP ViT-L/14@336
 when a CUDA GPU is there and the weights can be had (internet, open_clip's earlier download in
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+from pathlib import Path
 
 import torch
 
@@ -16,6 +19,33 @@ import torch
 REAL = dict(model_name="ViT-L-14-336", pretrained="openai", image_size=240, epochs=50)
 #: seconds on a laptop CPU; numbers from it test the code and are not results
 TINY = dict(model_name="tiny-random", pretrained="random", image_size=240)
+
+
+#: Colab's working folder: the one its file browser shows
+COLAB_FOLDER = Path("/content")
+
+
+def on_colab() -> bool:
+    """True in a Google Colab runtime."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def output_folder(out_dir: str | os.PathLike) -> str:
+    """``out_dir`` as the notebook should write it (the set-up cell applies this).
+
+    The notebooks' relative defaults (``../results/notebooks/...``) lead from a checkout's
+    ``notebooks/`` to its ``results/``. On Colab, a relative folder that would land outside
+    :data:`COLAB_FOLDER` (``/content/../results`` is ``/results``, which the file browser
+    does not show) goes below it instead, without its ``..`` parts:
+    ``/content/results/notebooks/...``. Elsewhere, and for absolute folders (the sweeps'),
+    ``out_dir`` is returned as given."""
+    path = Path(out_dir).expanduser()
+    if not on_colab() or path.is_absolute():
+        return str(out_dir)
+    resolved = (Path.cwd() / path).resolve()
+    if resolved.is_relative_to(COLAB_FOLDER.resolve()):
+        return str(resolved)
+    return str(COLAB_FOLDER / Path(*[part for part in path.parts if part != ".."]))
 
 
 def online(host: str = "huggingface.co", timeout: float = 2.0) -> bool:

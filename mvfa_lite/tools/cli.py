@@ -21,6 +21,7 @@ from ..config import OPTIONS, PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
 from ..data import catalogue
 from ..errors import DataWarning, MVFAError
 from ..method.prompts import PROMPT_SETS
+from ..outputs import RESEARCH_ONLY
 from .bench_command import add_bench, at_least
 from .official import (
     add_fetch_official,
@@ -193,7 +194,8 @@ def _add_predict(commands) -> None:
                                   "per image and scores.csv. Scores are calibrated with the "
                                   "normalisation and F1-max threshold the checkpoint fixed on "
                                   "its test split at train time, so one image can be judged on "
-                                  "its own; scores.csv says anomalous yes/no at that threshold.")
+                                  "its own; scores.csv says anomalous yes/no at that threshold. "
+                                  + RESEARCH_ONLY)
     parser.add_argument("checkpoint")
     parser.add_argument("images", help="a folder of images (searched recursively) or one image")
     parser.add_argument("--out", default="predictions")
@@ -213,6 +215,7 @@ def _predict(args) -> int:
                      allow_other_weights=args.allow_other_weights, relative=args.relative,
                      official=official_options(args))
     print(f"{len(scores.paths)} overlays and scores.csv written to {args.out}")
+    print(RESEARCH_ONLY)
     return 0
 
 
