@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 from ..errors import MVFAError
 
+#: Ray's own command (not mvfa-lite's options) that starts a head a ray:// address reaches
+RAY_HEAD = "ray start --head --ray-client-server-port=10001"
+
 
 def check_slurm(resources) -> str:
     """Refuse what SLURM would refuse or kill silently; return the line to print before
@@ -73,9 +76,9 @@ def check_ray(address: str | None) -> str:
             socket.create_connection((where.hostname, where.port or 10001), timeout=5).close()
         except OSError as error:
             raise MVFAError(f"--ray-address {address} does not answer "
-                            f"({error.strerror or error}); start the cluster's head with `ray "
-                            "start --head --ray-client-server-port=10001`, or leave "
-                            "--ray-address out to run Ray here.") from None
+                            f"({error.strerror or error}); start the cluster's head with "
+                            f"`{RAY_HEAD}`, or leave --ray-address out to run Ray "
+                            "here.") from None
     return address
 
 
