@@ -1,7 +1,8 @@
 """Output folders that are never half written: a command's result appears whole, or not at all.
 
-An :class:`OutputFolder` is made when a command starts, before any training: it creates the
-folder and checks that it can be written. At the end, :meth:`OutputFolder.writing` hands
+An :class:`OutputFolder` is made when a command starts, before any training: it checks that
+the folder (or the nearest one above it) can be written and creates nothing, so a refused run
+leaves no trace. At the end, :meth:`OutputFolder.writing` hands
 out a staging folder beside it (``.<name>.partial-<pid>``) for every file of the result, and
 swaps it in only after the last one is written:
 
@@ -48,6 +49,11 @@ from pathlib import Path
 
 from .errors import OutputError
 
+try:
+    import resource             # Unix: the file size limit (ulimit -f)
+except ImportError:
+    resource = None
+
 #: the file that marks a folder written by mvfa-lite; image folders never read such a folder
 OUTPUT_MARKER = ".mvfa-lite-output"
 
@@ -67,7 +73,7 @@ _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 class OutputFolder:
     """The output folder of one command.
 
-    ``path`` is the folder (``--out``), created with its parents if missing; ``command`` the
+    ``path`` is the folder (``--out``), created (with parents) by :meth:`writing`; ``command`` the
     command's name, recorded in the marker file; ``owns`` the names (or ``fnmatch`` patterns)
     of the files this command writes: those of an earlier run that it does not write again
     are removed, every other file is kept. ``inputs`` are the folders the command reads; the
@@ -89,16 +95,11 @@ class OutputFolder:
                               "(it is created if missing), or move the file away.")
         self._recover()
         self._refuse_foreign()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"cannot create the output folder {self.path}: "
-                              f"{error.strerror or error}. Give a folder you can write "
-                              "to.") from None
-        for place, role in ((self.path, "the output folder"),
-                            (self.path.parent, "the folder holding it, where its new version is "
-                                               "prepared before it is swapped in")):
-            _probe_writable(place, role)
+        if not self.path.exists():      # created when the results are written, not before
+            return _probe_writable(_nearest_folder(self.path), "where the output folder goes")
+        _probe_writable(self.path, "the output folder")
+        _probe_writable(self.path.parent, "the folder holding it, where its new version is "
+                        "prepared before it is swapped in")
         if self.path.stat().st_dev != self.path.parent.stat().st_dev:
             raise OutputError(f"--out {self.path} is the top of another file system (a mount "
                               "point), so it cannot be swapped for its new version. Give a "
@@ -168,8 +169,9 @@ class OutputFolder:
         """Yield an empty staging folder; on a normal exit, swap it in as the new result."""
         staging = self.path.parent / f".{self.path.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
         try:
+            staging.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
             yield staging
             written = sorted(p.name for p in staging.iterdir())
             carried = self._carry_over(staging, set(written))
@@ -180,12 +182,12 @@ class OutputFolder:
             self._swap_in(staging)
         except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
-            if isinstance(error, OSError) and error.errno in _FULL:
-                raise OutputError(
-                    f"cannot write the results into {self.path}: {os.strerror(error.errno)}; "
-                    "the earlier result there is kept. Free space (or raise the quota/file "
-                    "size limit) and run again, or give an --out on another disk.") from None
-            raise
+            reason = write_failure(error, self.path)
+            if reason is None:
+                raise
+            raise OutputError(f"cannot write the results into {self.path}: {reason}; the "
+                              "earlier result there is kept. Free space (or raise the limit) "
+                              "and run again, or give an --out on another disk.") from None
 
     def _carry_over(self, staging: Path, written: set[str]) -> list[str]:
         """Hard-link every entry of the old folder into the staging folder (files that cannot
@@ -249,6 +251,38 @@ def _probe_writable(folder: Path, role: str) -> None:
                           "Give an --out in a folder you can write to.") from None
 
 
+def _nearest_folder(path: Path) -> Path:
+    """The nearest existing folder above ``path`` (refused when that is a file)."""
+    above = path.parent
+    while not above.exists() and above != above.parent:
+        above = above.parent
+    if not above.is_dir():
+        raise OutputError(f"cannot create the output folder {path}: {above} is a file, not a "
+                          "folder. Give a folder you can write to.")
+    return above
+
+
+_TORCH_WRITER = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def write_failure(error: BaseException, folder: Path) -> str | None:
+    """Why writing into ``folder`` failed, when refused for space (disk, quota, ``ulimit -f``;
+    torch's zip writer gives no errno, only _TORCH_WRITER's words), with the free space, limit."""
+    if isinstance(error, OutputError) and isinstance(error.__cause__, (OSError, RuntimeError)):
+        error = error.__cause__                     # atomic_write's, inside the staging folder
+    if isinstance(error, OSError) and error.errno in _FULL:
+        reason = os.strerror(error.errno)
+    elif isinstance(error, RuntimeError) and any(t in str(error) for t in _TORCH_WRITER):
+        reason = "torch could not write a file whole, as when a disk, quota or size limit is full"
+    else:
+        return None
+    reason += f" ({shutil.disk_usage(_nearest_folder(folder)).free / 2**20:.0f} MiB free there"
+    limit = resource and resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit and limit != resource.RLIM_INFINITY:
+        reason += f", files limited to {limit // 1024} KiB by ulimit -f {limit // 1024}"
+    return reason + ")"
+
+
 def _link_or_copy(source, target) -> None:
     try:
         os.link(source, target)
@@ -305,12 +339,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary
         os.replace(temporary, path)
-    except OSError as error:
-        if error.errno not in _FULL:
+    except (OSError, RuntimeError) as error:
+        reason = write_failure(error, path.parent)
+        if reason is None:
             raise
-        raise OutputError(f"cannot write {path.name} into {path.parent}: "
-                          f"{os.strerror(error.errno)}; the earlier {path.name} is kept. Free "
-                          "space (or raise the quota/file size limit) and run again.") from None
+        raise OutputError(f"cannot write {path.name} into {path.parent}: {reason}; the earlier "
+                          f"{path.name} is kept. Free space (or raise the quota/file size "
+                          "limit) and run again.") from error
     finally:
         temporary.unlink(missing_ok=True)
 

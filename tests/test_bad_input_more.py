@@ -157,6 +157,58 @@ def test_a_file_size_limit_keeps_the_earlier_result(tmp_path):
     assert snapshot(out) == before
 
 
+def _file_size_limit(kib: int):
+    """preexec_fn: ``ulimit -f kib``, with SIGXFSZ ignored so that write() raises EFBIG."""
+    def limit():
+        import resource
+        import signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (kib * 1024, kib * 1024))
+    return limit
+
+
+def test_a_real_train_over_a_file_size_limit_is_one_line_and_keeps_the_result(tmp_path):
+    """torch's zip writer fails with "unexpected pos" (no errno): still one line naming the
+    folder, exit 2, the staging folder gone and the earlier result whole."""
+    from test_data import make_dataset
+    data, out = make_dataset(tmp_path / "d"), tmp_path / "run"
+    argv = [sys.executable, "-m", "mvfa_lite", *map(str, train_argv(data, out, "--epochs", "1"))]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr
+    before = snapshot(out)
+    assert len(before["adapters.pth"]) > 20 * 1024              # over the limit below
+    done = subprocess.run([*argv, "--seed", "3"], capture_output=True, text=True, timeout=600,
+                          env=env, preexec_fn=_file_size_limit(20))
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert line.startswith(f"mvfa-lite train: error: cannot write the results into {out}: "
+                           "torch could not write a file whole"), line
+    assert "files limited to 20 KiB by ulimit -f 20" in line and "MiB free there" in line
+    assert "earlier result there is kept" in line
+    assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["d", "run"]
+
+
+@pytest.mark.parametrize("case", ["seed file", "weights directory"])
+def test_a_refused_run_leaves_no_trace_in_out(tmp_path, capsys, monkeypatch, case):
+    from test_data import make_dataset
+    out = tmp_path / "runs" / "out"
+    root = make_dataset(make_dataset(tmp_path / "d"), "valid")
+    argv = train_argv(root, out, "--support-split", "valid")
+    if case == "seed file":
+        (tmp_path / "1-shot.txt").write_text("this is not a seed file\n")
+        argv += ["--seed-file", tmp_path / "1-shot.txt"]
+        expected = f"seed file {tmp_path / '1-shot.txt'}"
+    else:
+        monkeypatch.setenv("MVFA_CLIP_CHECKPOINT", str(tmp_path))
+        argv += ["--model", "ViT-B-16", "--pretrained", "openai", "--image-size", "224"]
+        expected = f"CLIP checkpoint {tmp_path} is a directory, not a weights file"
+    line = run_cli(capsys, *argv)
+    assert expected in line
+    assert not (tmp_path / "runs").exists()                 # nothing created, not even empty
+
+
 # --- 3. caches keyed by content -----------------------------------------------------------
 
 def test_converted_weights_are_keyed_by_content_not_name_and_size(tmp_path, monkeypatch):
@@ -252,7 +304,7 @@ def test_duplicate_shots_in_a_seed_file_are_refused(tmp_path, capsys, no_trainin
     argv[argv.index("--support-split") + 1] = "valid"
     message = run_cli(capsys, *argv)
     assert f"seed file {seed_file}" in message and fragment in message
-    assert not out.exists() or not any(out.iterdir())              # nothing written
+    assert not out.exists()                                         # nothing created
 
 
 # --- 5. checkpoints and weights -----------------------------------------------------------
@@ -297,7 +349,7 @@ def test_a_weights_file_with_the_tiny_model_is_refused(tmp_path, capsys):
     line = run_cli(capsys, *train_argv(make_dataset(tmp_path / "d"), out, "--clip-checkpoint",
                                        clip))
     assert f"--clip-checkpoint {clip} cannot be used with the tiny-random model" in line
-    assert not out.exists() or not any(out.iterdir())
+    assert not out.exists()
 
 
 def test_random_weights_of_a_real_architecture_are_built_again_the_same(monkeypatch):

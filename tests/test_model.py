@@ -142,6 +142,8 @@ def test_missing_weights_say_how_to_supply_a_file(tmp_path, monkeypatch):
         load_backbone("ViT-B-32", "openai", 224)                 # offline: download fails
     with pytest.raises(WeightsError, match="does not exist"):
         load_backbone("ViT-B-32", "openai", 224, checkpoint=tmp_path / "nope.pt")
+    with pytest.raises(WeightsError, match="is a directory, not a weights file"):
+        load_backbone("ViT-B-32", "openai", 224, checkpoint=tmp_path)
     monkeypatch.setenv("MVFA_CLIP_CHECKPOINT", str(tmp_path / "env.pt"))
     with pytest.raises(WeightsError, match="env.pt"):
         load_backbone("ViT-B-32", "openai", 224)

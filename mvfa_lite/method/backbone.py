@@ -212,8 +212,9 @@ def load_backbone(model_name: str = "ViT-L-14-336", pretrained: str = "openai",
     if checkpoint is not None:
         path = Path(checkpoint).expanduser()
         if not path.is_file():
-            raise WeightsError(f"CLIP checkpoint {path} does not exist (from the checkpoint "
-                               f"argument or ${CHECKPOINT_ENV}); fix the path or unset it.")
+            what = "is a directory, not a weights file" if path.is_dir() else "does not exist"
+            raise WeightsError(f"CLIP checkpoint {path} {what} (from --clip-checkpoint or "
+                               f"${CHECKPOINT_ENV}); give the weights file itself or unset it.")
         clip, source = _create_from_file(create, path, model_name), str(path)
     elif pretrained == "random":
         with torch.random.fork_rng():                     # the same random weights every

@@ -12,10 +12,11 @@ This is where the protocol decides which data plays which role:
 
 Nothing is trained before every input has been checked: the settings (:func:`preflight`:
 their values, the device, the image size against the backbone's patch, the prompt set), the
-output folder (created and writable), both classes in the test split, and every image and
-mask opened once (:meth:`ADDataset.check`). The results are
-written into a staging folder and swapped in whole (:mod:`mvfa_lite.outputs`), so a run
-killed at any moment leaves the previous complete result.
+output folder (writable; created only with the results, so a refused run leaves no trace),
+both classes in the test split, and every image and mask opened once
+(:meth:`ADDataset.check`). The results are written into a staging folder and swapped in
+whole (:mod:`mvfa_lite.outputs`), so a run killed at any moment leaves the previous complete
+result.
 """
 from __future__ import annotations
 

@@ -241,8 +241,11 @@ def _add_sweep(commands) -> None:
                          "where GPUs exist")
     cluster.add_argument("--cpus", type=int)
     cluster.add_argument("--mem-gb", type=float)
-    cluster.add_argument("--timeout-min", type=int, help="slurm: the job's time limit")
-    cluster.add_argument("--partition", help="slurm partition")
+    cluster.add_argument("--timeout-min", type=int, help="slurm: each cell's time limit in "
+                         "minutes, required (here or resources.timeout_min); printed before "
+                         "submitting")
+    cluster.add_argument("--partition", help="slurm partition, checked against sinfo "
+                         "(default: the cluster's default)")
     cluster.add_argument("--submitit-cluster", choices=["slurm", "local"], default="slurm",
                          help="local: run the submitit jobs as processes on this machine")
     cluster.add_argument("--ray-address", help="auto, ray://head:10001, or none: $RAY_ADDRESS "

@@ -11,12 +11,17 @@ other cells go on.
 """
 from __future__ import annotations
 
-import shutil
+import contextlib
+import io
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import MVFAError
+from .cluster import check_ray, check_slurm
+
+#: where Ray writes the logs of the runtime it runs on this machine
+RAY_LOGS = "/tmp/ray/session_latest/logs"
 
 
 @dataclass
@@ -86,12 +91,16 @@ class SlurmExecutor:
 
     def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
         submitit = _require("submitit", "slurm")
-        if self.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise MVFAError("--executor slurm: sbatch is not on this machine's PATH; run the "
-                            "sweep on the cluster's login node (or try it here with "
-                            "--submitit-cluster local).")
+        if self.cluster == "slurm":
+            print(check_slurm(self.resources), flush=True)
         logs = output / ".slurm"
-        jobs = self.submitit_executor(logs).map_array(function, cells)
+        executor = self.submitit_executor(logs)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):    # submitit prints sbatch's words
+                jobs = executor.map_array(function, cells)
+        except Exception as error:          # sbatch refused: its own words, on one line
+            raise MVFAError(f"--executor slurm: the jobs were not submitted: "
+                            f"{_last_error(error)} (submitit's files in {logs})") from None
         cell_of = {job.job_id: cell for job, cell in zip(jobs, cells)}
         print(f"submitted {len(jobs)} cells as {self.cluster} jobs {jobs[0].job_id}"
               + (f" to {jobs[-1].job_id}" if len(jobs) > 1 else "")
@@ -141,7 +150,12 @@ class RayExecutor:
         ray = _require("ray", "ray")
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, **self.init_options)
+            address = check_ray(self.address)
+            try:
+                ray.init(address=address, **self.init_options)
+            except Exception as error:      # no cluster at "auto", refused token, ...
+                raise MVFAError(f"--executor ray: cannot start or reach Ray at {address}: "
+                                f"{_last_error(error)} (Ray's logs: {RAY_LOGS})") from None
         try:
             r = self.resources
             gpus = r.gpus if r.gpus is not None else min(1, ray.cluster_resources().get("GPU", 0))
@@ -191,7 +205,8 @@ def _last_error(error: BaseException) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     kind = type(cause).__name__
     if lines and kind == "FailedJobError":
-        # submitit passes the job's traceback as text: its last line is the error
+        # submitit passes the job's traceback (or sbatch's output) as text: its last line is
+        # the error
         return lines[-1].strip()[:300]
     if len(lines) > 1 and kind == "UncompletedJobError":
         # "Job <id> (task: 0) with path <result file>" / "has not produced any output (state)"
