@@ -3,6 +3,7 @@ solutions run (nbval executes them with the rest), and its code fits the book's 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,14 @@ def test_an_implement_it_exercise_with_its_check_a_summary_and_a_self_check(note
     assert "1. " in questions and "2. " in questions
     answers = [c for c in all_cells if c["cell_type"] == "markdown"][at + 1]
     assert source(answers).startswith("```{admonition} Answers\n:class: dropdown")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_of_hours_have_a_quick_set_for_a_free_colab_session(notebook):
+    """A chapter whose T4 estimate is in hours gets `quick = False` in its parameters, and
+    its header says what `quick = True` costs."""
+    all_cells = cells(notebook)
+    runtime = source(all_cells[0]).split("**Runtime:**")[1].split("````")[0]
+    parameters = source(next(c for c in all_cells if c["cell_type"] == "code"))
+    if re.search(r"about [\d.]+ h\b", runtime):
+        assert "\nquick = False" in parameters and "`quick = True`" in runtime
