@@ -46,6 +46,8 @@ from .errors import ConfigError
 
 #: the arithmetic of a run (runtime.resolve_precision says what "auto" becomes)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+#: whether the ViT blocks run through torch.compile (runtime.resolve_compile says what "auto" does)
+COMPILE_MODES = ("off", "on", "auto")
 PROTOCOLS = ("paper", "paper-b16", "corrected")
 # the training batch size of each protocol when none is given
 PROTOCOL_BATCH_SIZES = {"paper": 1, "paper-b16": 16, "corrected": 16}
@@ -84,6 +86,7 @@ class MVFAConfig:
     # --- execution ---------------------------------------------------------------------
     device: str = "auto"                   # "auto" = cuda when available, else cpu
     precision: str = "auto"                # auto, fp32, bf16, fp16 (runtime.resolve_precision)
+    compile: str = "off"                   # off, on, auto (runtime.resolve_compile)
     memory_chunk: int = 4096               # test patches per nearest-neighbour matmul chunk
 
     overrides: dict = field(default_factory=dict)  # explicit per-quirk overrides (see below)
@@ -127,6 +130,8 @@ class MVFAConfig:
             _check(name, value, isinstance(value, bool), "True or False")
         _check("precision", self.precision, self.precision in PRECISIONS,
                f"one of {', '.join(PRECISIONS)}")
+        _check("compile", self.compile, self.compile in COMPILE_MODES,
+               f"one of {', '.join(COMPILE_MODES)}")
         for name in ("model_name", "pretrained", "prompts"):
             value = getattr(self, name)
             _check(name, value, isinstance(value, str) and value != "", "a non-empty name")
@@ -252,6 +257,9 @@ OPTIONS = {
     "device": ("model", "--device", str, "auto (default), cpu, cuda, cuda:1, ..."),
     "precision": ("model", "--precision", "choice", "auto (default): bf16 on GPUs that have "
                   "it, fp16 on T4/V100, on a CPU the faster of bf16 and fp32 as measured"),
+    "compile": ("model", "--compile", "choice", "torch.compile the ViT blocks: off (default), "
+                "on, or auto = on where measured faster on this machine (measured once, kept "
+                "in $MVFA_CACHE; the first compile takes minutes)"),
     "prompts": ("scoring", "--prompts", "choice", "prompt set (default: paper)"),
     "temperature": ("scoring", "--temperature", float, "patch-text logit scale (100)"),
     "beta": ("scoring", "--beta", float, "fusion weight of the zero-shot branch (0.5)"),

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import json
 import os
 import random
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import DEVICE_NAMES, PRECISIONS
+from .config import COMPILE_MODES, DEVICE_NAMES, PRECISIONS
 from .errors import ConfigError
 
 
@@ -92,6 +96,44 @@ def autocast(device: torch.device, precision: str = "auto"):
     if chosen == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if chosen == "bf16" else torch.float16)
+
+
+#: "auto" compiles where the blocks measured at least this much faster compiled
+COMPILE_GAIN = 1.1
+
+
+def cache_folder() -> Path:
+    """Where mvfa-lite keeps what it works out once: ``$MVFA_CACHE``, else ~/.cache/mvfa-lite."""
+    return Path(os.environ.get("MVFA_CACHE", Path.home() / ".cache" / "mvfa-lite"))
+
+
+def resolve_compile(mode: str, facts: dict, measure) -> bool:
+    """Whether to torch.compile the ViT blocks: "on" and "off" as said; "auto" compiles where
+    ``measure()`` (-> seconds eager, seconds compiled, of one training pass through some
+    blocks) found it :data:`COMPILE_GAIN` faster. The measurement costs a compile (seconds on
+    a GPU, minutes on a CPU), so it is made once per ``facts`` (the machine, torch, the model
+    and precision) and kept in :func:`cache_folder`/compile.json."""
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"compile = {mode!r} (--compile) is not possible: it must be one of "
+                          f"{', '.join(COMPILE_MODES)}.")
+    if mode != "auto":
+        return mode == "on"
+    facts = dict(facts, torch=torch.__version__, machine=machine()["cpu"],
+                 gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    key = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_folder() / "compile.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        eager, compiled = measure()
+        known[key] = dict(facts, eager_s=eager, compiled_s=compiled, speedup=eager / compiled)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as handle:
+            json.dump(known, handle, indent=1)
+        os.replace(handle.name, path)
+    return known[key]["speedup"] >= COMPILE_GAIN
 
 
 def grad_scaler(device: torch.device, precision: str = "auto") -> torch.amp.GradScaler:

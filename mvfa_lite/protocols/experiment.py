@@ -38,7 +38,7 @@ from ..method.backbone import patch_size
 from ..method.model import MVFA
 from ..method.prompts import PROMPT_SETS, object_name
 from ..outputs import EVALUATE_FILES, PREDICT_FILES, TRAIN_FILES, OutputFolder, write_json
-from ..runtime import resolve_device, resolve_precision, seed_everything
+from ..runtime import resolve_compile, resolve_device, resolve_precision, seed_everything
 from .checkpoint import (
     check_normal_shots,
     load_adapters,
@@ -86,8 +86,15 @@ def preflight(config: MVFAConfig) -> MVFAConfig:
 
 
 def build_model(config: MVFAConfig, clip_checkpoint=None) -> MVFA:
-    model = MVFA.from_config(config, clip_checkpoint)
-    return model.to(resolve_device(config.device))
+    """The model on its device, its blocks compiled where ``config.compile`` says so."""
+    model = MVFA.from_config(config, clip_checkpoint).to(resolve_device(config.device))
+    precision = resolve_precision(config.precision, model.device)
+    facts = dict(model=config.model_name, image_size=config.image_size, precision=precision,
+                 device=model.device.type)
+    if resolve_compile(config.compile, facts, lambda: model.backbone.compile_timing(
+            precision, model.levels[0])):
+        model.backbone.compile_blocks()
+    return model
 
 
 def weights_banner(model: MVFA) -> str:
@@ -217,6 +224,7 @@ def _finish(model: MVFA, scores: Scores, result: TrainResult | None,
     summary = dict(facts, metrics=metrics, pixel_metrics_absent=pixel_metrics_absent(scores.masks),
                    protocol=model.config.protocol,
                    precision=resolve_precision(model.config.precision, model.device),
+                   compiled=model.backbone.compiled,
                    weights=weights_banner(model), backbone=model.identity,
                    config=model.config.to_dict())
     if result is not None:
@@ -273,7 +281,8 @@ def load_trained(checkpoint, clip_checkpoint=None, device: str = "auto", with_ba
         raise CheckpointError(f"checkpoint {checkpoint} has an unusable config entry ({error}); "
                               "it was damaged or edited. Retrain it with `mvfa-lite train`."
                               ) from None
-    config = preflight(config.replace(device=device))   # the caller's device, not the saved one
+    # the caller's device, not the saved one; scoring once does not repay a compile
+    config = preflight(config.replace(device=device, compile="off"))
     model = build_model(config, clip_checkpoint)
     load_adapters(model, checkpoint, allow_other_weights, payload, from_its_config=True)
     model.eval()

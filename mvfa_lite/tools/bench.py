@@ -120,7 +120,7 @@ def run_benchmark(config: MVFAConfig, *, batch_size: int = 64, train_batch: int 
     device = resolve_device(config.device)
     model = MVFA.from_config(config).to(device).eval()
     if compile:
-        model.backbone.run_blocks = torch.compile(model.backbone.run_blocks, dynamic=False)
+        model.backbone.compile_blocks()
     peak = device_peak_tflops(device)
     size, k = config.image_size, config.shots
     say = print if progress else (lambda *a, **kw: None)

@@ -17,7 +17,7 @@ import warnings
 
 import yaml
 
-from ..config import OPTIONS, PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
+from ..config import COMPILE_MODES, OPTIONS, PRECISIONS, PRESETS, PROTOCOLS, MVFAConfig
 from ..data import catalogue
 from ..errors import DataWarning, MVFAError
 from ..method.prompts import PROMPT_SETS
@@ -33,6 +33,7 @@ from .official import (
 ALLOW_OTHER_WEIGHTS = ("load the adapters even into other CLIP weights than they were trained "
                        "with (a loud warning; the numbers then do not measure the trained model)")
 CHOICES = {"protocol": list(PROTOCOLS), "precision": list(PRECISIONS),
+           "compile": list(COMPILE_MODES),
            "prompts": sorted(PROMPT_SETS)}
 
 
