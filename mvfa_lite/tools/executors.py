@@ -7,7 +7,8 @@ folder, so the results store stays the only record of what is finished. SLURM jo
 through submitit and Ray tasks through Ray, each installed as an extra
 (``pip install 'mvfa-lite[slurm]'`` / ``'mvfa-lite[ray]'``). A job or task that dies
 (killed for time or memory, a lost node) becomes a failed cell with the engine's log; the
-other cells go on.
+other cells go on. On SLURM a cell that reaches its time limit or is pre-empted is requeued
+and continues after its last finished epoch (:class:`Requeueable`).
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class SlurmExecutor:
         executor = self.submitit_executor(logs)
         try:
             with contextlib.redirect_stderr(io.StringIO()):    # submitit prints sbatch's words
-                jobs = executor.map_array(function, cells)
+                jobs = executor.map_array(Requeueable(function), cells)
         except Exception as error:          # sbatch refused: its own words, on one line
             raise MVFAError(f"--executor slurm: the jobs were not submitted: "
                             f"{_last_error(error)} (submitit's files in {logs})") from None
@@ -129,8 +130,27 @@ class SlurmExecutor:
         parameters = dict(name=f"mvfa-{logs.parent.name}", nodes=1, tasks_per_node=1,
                           gpus_per_node=r.gpus or 0, cpus_per_task=r.cpus,
                           mem_gb=r.mem_gb, timeout_min=timeout, slurm_partition=r.partition)
+        if timeout:     # the requeue signal: 90 s before the limit, sooner for short limits
+            parameters["slurm_signal_delay_s"] = min(90, timeout * 15)
         parameters.update({f"slurm_{key}": value for key, value in r.slurm.items()})
         return parameters
+
+
+class Requeueable:
+    """A cell's function in submitit's checkpoint protocol: when SLURM signals the time limit
+    or a pre-emption (``--signal``), submitit calls :meth:`checkpoint` and requeues the same
+    call; the cell's training, which keeps its state at every epoch boundary
+    (:mod:`mvfa_lite.protocols.training_state`), then continues after its last epoch."""
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def checkpoint(self, *args, **kwargs):
+        submitit = _require("submitit", "slurm")
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 class RayExecutor:
