@@ -4,6 +4,7 @@ called. What is refused is refused before anything is submitted, in one line (ex
 (The same against a running SLURM and Ray: scripts/test_cluster.sh.)"""
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from pathlib import Path
@@ -130,3 +131,91 @@ def test_a_missing_extra_is_one_line(grid, capsys, monkeypatch, executor, module
                    "--executor", executor)
     assert line.endswith(f"--executor {executor} needs {module}: pip install "
                          f"'mvfa-lite[{executor}]'")
+
+
+# --- one owner per cell, how jobs ended, progress and --status -----------------------------
+
+def _sweep(grid_path, **resources):
+    from mvfa_lite.tools.executors import Resources, SlurmExecutor
+    from mvfa_lite.tools.sweep import run_sweep
+    executor = SlurmExecutor(Resources(timeout_min=30, **resources), poll_seconds=0.05)
+    return run_sweep(grid_path, executor=executor)
+
+
+def test_the_time_limit_is_printed_and_cancelled_and_timed_out_cells_are_named(grid, slurm,
+                                                                             capsys, tmp_path):
+    slurm.command("sbatch", "echo 'Submitted batch job 4242'")
+    slurm.command("sacct", "printf '4242_0|CANCELLED by 0\\n4242_1|TIMEOUT\\n'")
+    report = _sweep(grid(), partition="gpu", gpus=1)
+    out = capsys.readouterr().out
+    assert out.index("time limit 30 min per cell, partition gpu, 1 GPU(s) per cell") < \
+        out.index("submitted 2 cells as slurm jobs 4242_0 to 4242_1")
+    script = next((tmp_path / "out" / ".slurm").rglob("*.sh")).read_text()
+    assert "#SBATCH --time=30\n" in script and "#SBATCH --signal=USR2@90\n" in script
+    assert report.failed["x-1"].reason == "SLURM: cancelled (CANCELLED)"
+    assert report.failed["x-2"].reason == "SLURM: timed out at its time limit (TIMEOUT)"
+    assert "x-2: failed: SLURM: timed out at its time limit (TIMEOUT) (see " in out
+    assert "jobs: 0 pending, 0 running, 0 done, 2 failed (x-1, x-2) of 2" in out
+    cell = tmp_path / "out" / "x-1"
+    assert (cell / "error.txt").read_text() == "SLURM: cancelled (CANCELLED)\n"
+    record = json.loads((cell / "job.json").read_text())
+    assert record["job_id"] == "4242_0" and record["log"].endswith("4242_0_0_log.err")
+
+
+def test_without_accounting_scontrol_says_how_a_job_ended_and_nothing_waits_forever(
+        grid, slurm, capsys):
+    slurm.command("sbatch", "echo 'Submitted batch job 51'")
+    slurm.command("sacct", "echo 'sacct: error: Slurm accounting storage is disabled' >&2; "
+                           "exit 1")
+    slurm.command("scontrol", 'case "$*" in *51_0*) echo "JobId=51 ArrayTaskId=0 '
+                              'JobState=CANCELLED Reason=None";; *) exit 1;; esac')
+    report = _sweep(grid())
+    assert report.failed["x-1"].reason == "SLURM: cancelled (CANCELLED)"
+    assert report.failed["x-2"].reason == ("SLURM: the job ended without writing result.json, "
+                                           "and SLURM keeps no record of how (no accounting)")
+    calls = [c.split()[0] for c in slurm.calls]
+    assert calls.count("squeue") == 2 and calls.count("sbatch") == 1    # once before, once after
+
+
+def test_a_rerun_adopts_a_cell_whose_job_still_runs(grid, slurm, capsys, tmp_path):
+    """The sweep was killed; its job 77_0 still runs x-1: the re-run submits x-2 only and
+    waits for 77_0, which then writes its result."""
+    path = grid()
+    cell = tmp_path / "out" / "x-1"
+    cell.mkdir(parents=True)
+    (cell / "job.json").write_text(json.dumps({"job_id": "77_0", "log": "77.err"}))
+    count = tmp_path / "polls"
+    slurm.command("squeue", f'echo x >> {count}\n'
+                            f'if [ "$(wc -l < {count})" -le 2 ]; then echo "77_0 RUNNING"; '
+                            f"else echo '{{}}' > {cell / 'result.json'}; fi")
+    slurm.command("sbatch", "echo 'Submitted batch job 78'")
+    slurm.command("sacct", "printf '77_0|COMPLETED\\n78|CANCELLED\\n'")
+    report = _sweep(path)
+    out = capsys.readouterr().out
+    assert "adopted 1 cells whose jobs are still pending or running: x-1 (job 77_0)" in out
+    assert "submitted 1 cells as slurm jobs 78;" in out         # one cell: no array
+    assert len(_submitted(slurm)) == 1 and report.done == ["x-1"]
+    assert list(report.failed) == ["x-2"]
+    assert "jobs: 0 pending, 1 running, 0 done, 1 failed (x-2) of 2" in out
+    assert report.failed["x-2"].reason == "SLURM: cancelled (CANCELLED)"
+    assert json.loads((tmp_path / "out" / "x-2" / "job.json").read_text())["job_id"] == "78"
+
+
+def test_status_says_where_each_cell_stands(grid, slurm, capsys, tmp_path):
+    path = grid()
+    path.write_text(path.read_text().replace("[1, 2]", "[1, 2, 3, 4]"))
+    out = tmp_path / "out"
+    for name in ("x-1", "x-2", "x-3"):
+        (out / name).mkdir(parents=True)
+    from mvfa_lite.tools.sweep import load_grid, run_cell
+    assert not run_cell(load_grid(path).cells()[0]).failed          # x-1 finished
+    (out / "x-2" / "job.json").write_text(json.dumps({"job_id": "9_1", "log": "l"}))
+    (out / "x-3" / "error.txt").write_text("SLURM: timed out at its time limit (TIMEOUT)\n")
+    slurm.command("squeue", "echo '9_1 PENDING'")
+    from mvfa_lite.tools.cli import main
+    assert main(["sweep", str(path), "--status"]) == 0
+    text = capsys.readouterr().out
+    assert "  x-1: finished\n  x-2: pending (job 9_1)\n" in text
+    assert "  x-3: failed: SLURM: timed out at its time limit (TIMEOUT)\n  x-4: to do\n" in text
+    assert f"sweep {out}: 1 finished, 1 pending, 0 running, 1 failed, 1 to do" in text
+    assert _submitted(slurm) == []

@@ -12,11 +12,12 @@ This is where the protocol decides which data plays which role:
 
 Nothing is trained before every input has been checked: the settings (:func:`preflight`:
 their values, the device, the image size against the backbone's patch, the prompt set), the
-output folder (writable; created only with the results, so a refused run leaves no trace),
+output folder (writable; created once training starts, so a refused run leaves no trace),
 both classes in the test split, and every image and mask opened once
 (:meth:`ADDataset.check`). The results are written into a staging folder and swapped in
 whole (:mod:`mvfa_lite.outputs`), so a run killed at any moment leaves the previous complete
-result.
+result; its training continues after the last finished epoch when run again with the same
+settings and data (:mod:`.training_state`).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ from .evaluate import (
 from .metrics import pixel_metrics_absent
 from .official_checkpoint import is_official_file, official_payload
 from .train import TrainResult, train_few_shot, train_zero_shot
+from .training_state import STATE_FILE
 
 
 @dataclass
@@ -156,7 +158,9 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
     if progress:
         print(weights_banner(model))
     started = time.perf_counter()
-    result, shots = train_few_shot(model, support, selection_set=selection, progress=progress)
+    state = output.path / STATE_FILE if output else None
+    result, shots = train_few_shot(model, support, selection_set=selection, progress=progress,
+                                   state_file=state)
     train_seconds = time.perf_counter() - started
     if selection is test and result.best_scores is not None:
         scores = result.best_scores          # the test scores of the kept adapters, as selected
@@ -169,6 +173,8 @@ def run_few_shot(config: MVFAConfig, root, *, support_split: str = "valid",
                   normal_shots=[item.image_path.resolve().as_posix() for item in support.items
                                 if item.label == 0],
                   selection=_describe(selection, test), train_seconds=train_seconds)
+    if state:
+        state.unlink(missing_ok=True)       # the results are written: nothing to resume
     return run
 
 
@@ -193,18 +199,21 @@ def run_zero_shot(config: MVFAConfig, target_root, source_roots: list, *,
         print(weights_banner(model))
     selection = test if config.selection == "test" else None
     started = time.perf_counter()
+    state = output.path / STATE_FILE if output else None
     result = train_zero_shot(model, sources, target_name=test.name, selection_set=selection,
-                             progress=progress)
+                             progress=progress, state_file=state)
     train_seconds = time.perf_counter() - started
     if selection is test and result.best_scores is not None:
         scores = result.best_scores          # the test scores of the kept adapters, as selected
     else:
         scores = score_dataset(model, test, model.text_features(object_name(test.name)),
                                progress=progress, description=f"testing {test.name}")
-    return _finish(model, scores, result, output, save_maps, save_adapters, setting="zero-shot",
-                   dataset=test.name, dataset_root=_root(test),
-                   sources=[s.name for s in sources],
-                   selection=_describe(selection, test), train_seconds=train_seconds)
+    run = _finish(model, scores, result, output, save_maps, save_adapters, setting="zero-shot",
+                  dataset=test.name, dataset_root=_root(test), sources=[s.name for s in sources],
+                  selection=_describe(selection, test), train_seconds=train_seconds)
+    if state:
+        state.unlink(missing_ok=True)
+    return run
 
 
 def _describe(selection, test) -> str:

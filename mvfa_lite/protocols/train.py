@@ -24,6 +24,7 @@ from ..method.losses import mvfa_loss
 from ..method.model import MVFA
 from ..method.prompts import object_name
 from ..runtime import autocast, grad_scaler, seed_everything, show_progress
+from . import training_state
 from .evaluate import Scores, StemSet, build_memory_bank, compute_metrics, score_dataset
 
 
@@ -91,20 +92,27 @@ class Selection:
             self.best_state = copy.deepcopy(self.model.banks.state_dict())
 
     def keep_best(self) -> None:
-        """Load the kept adapters (the last ones stay when nothing was selected)."""
+        """Load the kept adapters (the last ones stay when nothing was selected); kept before
+        a resume, their scores are made again (the same numbers: the same adapters)."""
         if self.best_state is not None:
             self.model.banks.load_state_dict(self.best_state)
+            if self.result.best_scores is None:
+                self.result.best_scores = self.select()[1]
+                self.model.banks.eval()
 
 
 def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_size: int,
         select=None, schedule: str = "epoch", progress: bool = True, num_workers: int = 0,
-        cache_stems: bool = True, shuffle: bool = True, stems=None) -> TrainResult:
+        cache_stems: bool = True, shuffle: bool = True, stems=None,
+        state_file=None) -> TrainResult:
     """Train the adapter banks on ``sources``.
 
     ``select``: optional callable returning ``(score, scores)`` (higher score is better); it
     runs on the official ``schedule`` (:class:`Selection`) and the best adapters are kept.
     ``shuffle=False`` visits the images in their order (e.g. an order taken from elsewhere).
     ``stems``: the sources' stems when already computed (one entry per source, or None).
+    ``state_file``: where the training state is kept at every epoch boundary, and resumed
+    from when it was written for the same settings and data (:mod:`.training_state`).
     """
     config, device = model.config, model.device
     result, steps = TrainResult(), 0
@@ -117,10 +125,18 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
     stems = [given if given is not None else compute_stems(model, s.data)
              if cache_stems and isinstance(s.data, ShotSet) else None
              for s, given in zip(sources, stems or [None] * len(sources))]
-    bar = tqdm(total=epochs * n_batches, desc="training", unit="batch",
-               disable=not show_progress(progress))
+    key = state_file and training_state.identity(
+        config, sources, epochs=epochs, lr=lr, batch_size=batch_size,
+        schedule=select and schedule, shuffle=shuffle)
+    saved = training_state.load(state_file, key)
+    if saved:
+        steps = _restore(saved, model, optimizers, scaler, generator, result, selection)
+        print(f"resuming after epoch {saved['epoch']} of {epochs} (state in {state_file})")
+    start = saved["epoch"] if saved else 0
+    bar = tqdm(total=epochs * n_batches, initial=start * n_batches, desc="training",
+               unit="batch", disable=not show_progress(progress))
     model.banks.train()
-    for epoch in range(epochs):
+    for epoch in range(start, epochs):
         totals, seen, losses = {}, 0, []
         for step, (k, batch) in enumerate(_batches(sources, stems, batch_size, generator,
                                                    num_workers, shuffle)):
@@ -139,11 +155,36 @@ def fit(model: MVFA, sources: list[Source], *, epochs: int, lr: float, batch_siz
         result.history.append({"epoch": epoch + 1,
                                **{name: float(total) / seen for name, total in totals.items()}})
         bar.set_postfix(loss=f"{result.history[-1]['loss']:.4f}")
+        if state_file is not None:
+            training_state.save(
+                state_file, key, epoch=epoch + 1, steps=steps, banks=model.banks.state_dict(),
+                optimizers={k: o.state_dict() for k, o in optimizers.items()},
+                scaler=scaler.state_dict(), generator=generator.get_state(),
+                torch_rng=torch.get_rng_state(), history=result.history,
+                step_losses=result.step_losses, best=[result.best_epoch, result.best_step,
+                                                      result.best_score],
+                best_state=selection.best_state if selection else None)
     bar.close()
     model.banks.eval()
     if selection:
         selection.keep_best()
     return result
+
+
+def _restore(saved: dict, model, optimizers, scaler, generator, result, selection) -> int:
+    """Put a saved training state back (see fit); returns the optimiser steps taken."""
+    model.banks.load_state_dict(saved["banks"])
+    for bank, optimizer in optimizers.items():
+        optimizer.load_state_dict(saved["optimizers"][bank])
+    if saved["scaler"]:                 # empty when no loss scaling runs
+        scaler.load_state_dict(saved["scaler"])
+    generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    result.history, result.step_losses = saved["history"], saved["step_losses"]
+    result.best_epoch, result.best_step, result.best_score = saved["best"]
+    if selection:
+        selection.best_state = saved["best_state"]
+    return saved["steps"]
 
 
 def _train_step(model: MVFA, source: Source, batch: dict, optimizers: dict, scaler):
@@ -209,13 +250,14 @@ def _cached(model: MVFA, selection_set):
 
 # --- the two protocols ---------------------------------------------------------------
 def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool = True,
-                   epochs: int | None = None) -> tuple[TrainResult, ShotSet]:
+                   epochs: int | None = None, state_file=None) -> tuple[TrainResult, ShotSet]:
     """Few-shot protocol: adapt on k normal (+ k abnormal) shots of one dataset.
 
     ``selection_set``: evaluated after every epoch (with a memory bank rebuilt from the
     normal shots) to keep the best epoch; the paper protocol passes the test set here, and
     ``result.best_scores`` then holds the test scores of the kept adapters.
     Returns the training result and the shot set (whose normal images make the bank).
+    ``state_file``: see :func:`fit` (both protocols).
     """
     config = model.config
     loaded = support.load_all(progress=False)
@@ -232,13 +274,14 @@ def train_few_shot(model: MVFA, support, *, selection_set=None, progress: bool =
             return selection_score(scores), scores
     source = Source(support.name, shots, text, support.has_masks)
     result = fit(model, [source], epochs=epochs or config.epochs, lr=config.lr,
-                 batch_size=config.batch_size, select=select, progress=progress, stems=[stems])
+                 batch_size=config.batch_size, select=select, progress=progress, stems=[stems],
+                 state_file=state_file)
     return result, shots
 
 
 def train_zero_shot(model: MVFA, sources: list, *, target_name: str | None = None,
                     selection_set=None, progress: bool = True, epochs: int | None = None,
-                    num_workers: int = 0) -> TrainResult:
+                    num_workers: int = 0, state_file=None) -> TrainResult:
     """Leave-one-dataset-out protocol: adapt on other datasets, each with its own text.
 
     ``sources``: datasets (for BMAD, the other five datasets' test splits). The selection
@@ -258,4 +301,4 @@ def train_zero_shot(model: MVFA, sources: list, *, target_name: str | None = Non
             return selection_score(scores), scores
     return fit(model, train_sources, epochs=epochs or config.epochs, lr=config.zero_shot_lr,
                batch_size=config.batch_size, select=select, schedule="fifths",
-               progress=progress, num_workers=num_workers)
+               progress=progress, num_workers=num_workers, state_file=state_file)

@@ -230,6 +230,9 @@ def _add_sweep(commands) -> None:
                                 "mvfa_lite/tools/sweep.py or sweeps/*.yaml.")
     parser.add_argument("grid", help="YAML grid file")
     parser.add_argument("--dry-run", action="store_true", help="list the cells still to do")
+    parser.add_argument("--status", action="store_true", help="say where each cell stands "
+                        "(finished, pending or running on SLURM, failed and why, to do) and "
+                        "exit; submits nothing")
     parser.add_argument("--kernel", help="Jupyter kernel name (default: the notebook's)")
     parser.add_argument("--force", action="store_true", help="run again finished cells whose "
                         "recorded parameters differ from the grid's (refused otherwise)")
@@ -256,6 +259,10 @@ def _add_sweep(commands) -> None:
 
 def _sweep(args) -> int:
     from .sweep import run_sweep
+    if args.status:
+        from .sweep_status import sweep_status
+        sweep_status(args.grid)
+        return 0
     options = {"local": {}, "slurm": {"cluster": args.submitit_cluster},
                "ray": {"address": args.ray_address}}[args.executor]
     resources = dict(gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem_gb,

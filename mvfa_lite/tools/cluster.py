@@ -4,16 +4,28 @@ Before anything is submitted, :func:`check_slurm` refuses in one line what SLURM
 later, or kill silently: no time limit (submitit's default is 5 minutes), a partition that
 ``sinfo`` does not list, GPUs asked on a partition whose nodes have none. :func:`check_ray`
 does the same for a Ray address that does not answer.
+
+While the jobs run, each cell's folder records the job that owns it (:data:`JOB_FILE`), so a
+sweep run again adopts the cells whose jobs are still pending or running instead of
+submitting them twice; :class:`SlurmQueue` follows them with ``squeue`` and learns how they
+ended from ``sacct`` or, without accounting, ``scontrol``, and :func:`outcome` names a cell
+cancelled, timed out or pre-empted as such
+(:func:`.executors.outcome`). A line shows the counts as they change
+(:class:`Progress`). Ray tasks end with the sweep that started them: nothing to adopt.
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
+import time
 from urllib.parse import urlsplit
 
 from ..errors import MVFAError
+from ..outputs import write_json
 
 #: Ray's own command (not mvfa-lite's options) that starts a head a ray:// address reaches
 RAY_HEAD = "ray start --head --ray-client-server-port=10001"
@@ -89,3 +101,73 @@ def _query(command: list[str]) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
+
+
+# --- one owner per cell: the jobs of a sweep, recorded in the cells' folders ---------------
+JOB_FILE = "job.json"           # the SLURM job that owns a cell: its id and log
+#: SLURM states of a job that has not ended (a requeued job is pending again)
+LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+        "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD"}
+#: how a job that ended without a result is named
+ENDED = {"CANCELLED": "cancelled", "TIMEOUT": "timed out at its time limit",
+         "PREEMPTED": "pre-empted", "NODE_FAIL": "lost its node", "BOOT_FAIL": "lost its node",
+         "OUT_OF_MEMORY": "ran out of memory", "DEADLINE": "passed its deadline",
+         "FAILED": "failed"}
+
+
+def record_job(folder, job_id: str, log: str) -> None:
+    """Write down which job owns the cell in ``folder`` (read again by :func:`recorded_job`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / JOB_FILE, {"job_id": job_id, "log": log,
+                                   "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def recorded_job(folder) -> dict | None:
+    try:
+        record = json.loads((folder / JOB_FILE).read_text())
+        return record if isinstance(record.get("job_id"), str) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class SlurmQueue:
+    """What SLURM says of a sweep's jobs: ``squeue`` for the jobs that have not ended, then
+    ``sacct`` (with accounting) or ``scontrol`` (without, while SLURM remembers the job) for
+    how the others ended; a job that none of them knows counts as ended, state unknown, so a
+    sweep never waits forever."""
+
+    def live(self) -> dict[str, str]:
+        """{job id: state} of this user's jobs that have not ended, array tasks one by one."""
+        listing = _query(["squeue", "-h", "-r", "--me", "-o", "%i %T"])
+        if listing is None:
+            raise MVFAError("--executor slurm: squeue failed (is slurmctld running and "
+                            "reachable?); run `squeue` to see why.")
+        return dict(line.split()[:2] for line in listing.splitlines() if len(line.split()) > 1)
+
+    def ended(self, job_id: str) -> str | None:
+        """How the job ended (COMPLETED, CANCELLED, TIMEOUT, ...); None when no record says."""
+        listing = _query(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job_id])
+        for line in (listing or "").splitlines():
+            found, _, state = line.strip().partition("|")
+            if found == job_id and state:
+                return state.split()[0]
+        shown = _query(["scontrol", "-o", "show", "job", job_id]) or ""
+        state = re.search(r"\bJobState=(\S+)", shown)
+        return state.group(1) if state else None
+
+
+class Progress:
+    """One line each time the counts change: pending / running / done / failed (names)."""
+
+    def __init__(self, total: int):
+        self.total, self.shown = total, None
+
+    def show(self, states: dict[str, str], results: list) -> None:
+        failed = [r.name for r in results if r.failed]
+        running = sum(state != "PENDING" for state in states.values())
+        line = (f"jobs: {len(states) - running} pending, {running} running, "
+                f"{len(results) - len(failed)} done, {len(failed)} failed"
+                + (f" ({', '.join(failed)})" if failed else "") + f" of {self.total}")
+        if line != self.shown:
+            print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+            self.shown = line

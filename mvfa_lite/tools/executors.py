@@ -7,18 +7,30 @@ folder, so the results store stays the only record of what is finished. SLURM jo
 through submitit and Ray tasks through Ray, each installed as an extra
 (``pip install 'mvfa-lite[slurm]'`` / ``'mvfa-lite[ray]'``). A job or task that dies
 (killed for time or memory, a lost node) becomes a failed cell with the engine's log; the
-other cells go on.
+other cells go on. On SLURM a cell that reaches its time limit or is pre-empted is requeued
+and continues after its last finished epoch (:class:`Requeueable`).
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import MVFAError
-from .cluster import check_ray, check_slurm
+from ..outputs import RESULT_FILE
+from .cluster import (
+    ENDED,
+    LIVE,
+    Progress,
+    SlurmQueue,
+    check_ray,
+    check_slurm,
+    record_job,
+    recorded_job,
+)
 
 #: where Ray writes the logs of the runtime it runs on this machine
 RAY_LOGS = "/tmp/ray/session_latest/logs"
@@ -90,28 +102,65 @@ class SlurmExecutor:
         self.poll_seconds = poll_seconds or (1 if cluster == "local" else 15)
 
     def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
-        submitit = _require("submitit", "slurm")
-        if self.cluster == "slurm":
-            print(check_slurm(self.resources), flush=True)
+        _require("submitit", "slurm")
+        queue = SlurmQueue() if self.cluster == "slurm" else None
+        if queue is None:       # submitit's local cluster: its processes, followed by submitit
+            yield from self._follow_local(self._submit(function, cells, output), cells)
+            return
+        print(check_slurm(self.resources), flush=True)
+        live, owners = queue.live(), {cell.name: recorded_job(cell.folder) for cell in cells}
+        adopted = [cell for cell in cells if (owners[cell.name] or {}).get("job_id") in live]
+        fresh = [cell for cell in cells if cell not in adopted]
+        tracked = {owners[c.name]["job_id"]: (c, owners[c.name].get("log", "")) for c in adopted}
+        if adopted:
+            print(f"adopted {len(adopted)} cells whose jobs are still pending or running: "
+                  + ", ".join(f"{c.name} (job {j})" for j, (c, _) in tracked.items()), flush=True)
+        for job, cell in zip(self._submit(function, fresh, output) if fresh else [], fresh):
+            record_job(cell.folder, job.job_id, str(job.paths.stderr))
+            tracked[job.job_id] = (cell, str(job.paths.stderr))
+        yield from self._follow(queue, tracked)
+
+    def _submit(self, function: Callable, cells: list, output: Path) -> list:
         logs = output / ".slurm"
         executor = self.submitit_executor(logs)
         try:
             with contextlib.redirect_stderr(io.StringIO()):    # submitit prints sbatch's words
-                jobs = executor.map_array(function, cells)
+                jobs = executor.map_array(Requeueable(function), cells)
         except Exception as error:          # sbatch refused: its own words, on one line
             raise MVFAError(f"--executor slurm: the jobs were not submitted: "
                             f"{_last_error(error)} (submitit's files in {logs})") from None
-        cell_of = {job.job_id: cell for job, cell in zip(jobs, cells)}
         print(f"submitted {len(jobs)} cells as {self.cluster} jobs {jobs[0].job_id}"
               + (f" to {jobs[-1].job_id}" if len(jobs) > 1 else "")
               + f"; submitit logs in {logs}", flush=True)
+        return jobs
+
+    def _follow(self, queue: SlurmQueue, tracked: dict) -> Iterator[CellResult]:
+        """Wait for the jobs {id: (cell, log)}: squeue for those not ended, then how each
+        ended (accounting may lag behind squeue a few polls; never waits forever)."""
+        progress, results, lagging = Progress(len(tracked)), [], {}
+        while tracked:
+            live = queue.live()
+            for job_id in [j for j in tracked if j not in live]:
+                state = queue.ended(job_id)
+                if state in LIVE and lagging.get(job_id, 0) < 4:
+                    lagging[job_id] = lagging.get(job_id, 0) + 1
+                    continue
+                cell, log = tracked.pop(job_id)
+                results.append(outcome(cell, None if state in LIVE else state, log))
+                yield results[-1]
+            progress.show({j: live[j] for j in tracked if j in live}, results)
+            if tracked:
+                time.sleep(self.poll_seconds)
+
+    def _follow_local(self, jobs: list, cells: list) -> Iterator[CellResult]:
+        submitit = _require("submitit", "slurm")
+        cell_of = {job.job_id: cell for job, cell in zip(jobs, cells)}
         for job in submitit.helpers.as_completed(jobs, poll_frequency=self.poll_seconds):
-            cell = cell_of[job.job_id]
             try:
                 yield job.result()
             except Exception as error:      # the job itself died: time, memory, node
-                yield CellResult(cell.name, failed=True, reason=_last_error(error),
-                                 log=str(job.paths.stderr))
+                yield CellResult(cell_of[job.job_id].name, failed=True,
+                                 reason=_last_error(error), log=str(job.paths.stderr))
 
     def submitit_executor(self, logs: Path):
         """submitit's executor with this sweep's resources; logs and jobs go to ``logs``."""
@@ -129,8 +178,27 @@ class SlurmExecutor:
         parameters = dict(name=f"mvfa-{logs.parent.name}", nodes=1, tasks_per_node=1,
                           gpus_per_node=r.gpus or 0, cpus_per_task=r.cpus,
                           mem_gb=r.mem_gb, timeout_min=timeout, slurm_partition=r.partition)
+        if timeout:     # the requeue signal: 90 s before the limit, at half of short ones
+            parameters["slurm_signal_delay_s"] = min(90, timeout * 30)   # (SLURM: +-60 s)
         parameters.update({f"slurm_{key}": value for key, value in r.slurm.items()})
         return parameters
+
+
+class Requeueable:
+    """A cell's function in submitit's checkpoint protocol: when SLURM signals the time limit
+    or a pre-emption (``--signal``), submitit calls :meth:`checkpoint` and requeues the same
+    call; the cell's training, which keeps its state at every epoch boundary
+    (:mod:`mvfa_lite.protocols.training_state`), then continues after its last epoch."""
+
+    def __init__(self, function: Callable):
+        self.function = function
+
+    def __call__(self, *args, **kwargs):
+        return self.function(*args, **kwargs)
+
+    def checkpoint(self, *args, **kwargs):
+        submitit = _require("submitit", "slurm")
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
 class RayExecutor:
@@ -175,6 +243,26 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+
+def outcome(cell, state: str | None, log: str) -> CellResult:
+    """An ended SLURM job's cell: the scheduler's word when it ended the job (cancelled,
+    timed out, pre-empted ...; also written to the cell's error.txt), else done when the cell
+    wrote its result, else the notebook's own error (error.txt), else how the job ended."""
+    error, failed_notebook = cell.folder / "error.txt", cell.folder / "failed.ipynb"
+    if state in ENDED and state != "FAILED":
+        reason = f"SLURM: {ENDED[state]} ({state})"
+    elif (cell.folder / RESULT_FILE).exists():
+        return CellResult(cell.name)
+    elif error.exists():
+        return CellResult(cell.name, True, error.read_text().strip(),
+                          str(failed_notebook if failed_notebook.exists() else cell.log))
+    else:
+        reason = (f"SLURM: the job ended ({state}) without writing {RESULT_FILE}" if state else
+                  f"SLURM: the job ended without writing {RESULT_FILE}, and SLURM keeps no "
+                  "record of how (no accounting)")
+    error.write_text(reason + "\n")
+    return CellResult(cell.name, True, reason, log)
 
 
 EXECUTORS = {"local": LocalExecutor, "slurm": SlurmExecutor, "ray": RayExecutor}

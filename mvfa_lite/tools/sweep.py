@@ -184,7 +184,7 @@ def run_sweep(grid_path: str | Path, *, executor="local", dry_run: bool = False,
     grid = load_grid(grid_path)
     cells = grid.cells(kernel)
     if dry_run:
-        todo, report = _plan(grid, cells, force)
+        todo, report = plan(grid, cells, force)
         for cell in todo:
             print(f"to do: {cell.name}")
         for key, value in sorted({(k, v["path"]) for c in todo for k, v in c.inputs.items()}):
@@ -197,7 +197,7 @@ def run_sweep(grid_path: str | Path, *, executor="local", dry_run: bool = False,
 
 def _run(grid: Grid, cells: list[Cell], force, executor, progress, resources,
          executor_options) -> SweepReport:
-    todo, report = _plan(grid, cells, force)
+    todo, report = plan(grid, cells, force)
     if isinstance(executor, str):
         executor = make_executor(executor, grid.resources.updated(**(resources or {})),
                                  progress=progress, **executor_options)
@@ -308,7 +308,7 @@ def _check_value(value, where: str) -> None:
                     "numbers, true/false, null, lists and mappings (quote it to pass text).")
 
 
-def _plan(grid: Grid, cells: list[Cell], force: bool) -> tuple[list[Cell], SweepReport]:
+def plan(grid: Grid, cells: list[Cell], force: bool) -> tuple[list[Cell], SweepReport]:
     """The cells still to run; finished cells run with other parameters are refused unless
     ``force``."""
     report, todo, changed = SweepReport(grid.output), [], []
