@@ -6,15 +6,15 @@ leaves no trace. At the end, :meth:`OutputFolder.writing` hands
 out a staging folder beside it (``.<name>.partial-<pid>``) for every file of the result, and
 swaps it in only after the last one is written:
 
-1. the files of the old folder that this command does not write (another command's
-   results, the user's notes) are carried into the staging folder as hard links, so nothing
-   is copied or moved; this command's own files from an earlier run that it does not write
-   now (a ``maps.npz`` of an earlier ``--save-maps``) are left behind: they would be stale.
-   A file counts as mvfa-lite's only when the folder's marker lists it: names alone prove
-   nothing (a user's ``00000_patient_A.png`` looks like a ``predict`` overlay). A file
-   named like one this command writes but not listed is the user's: the command is
-   refused at the start (one line naming it) rather than replace it. Other files of the
-   user's are kept beside the results, so a folder of notes stays usable as ``--out``;
+1. the files of the old folder that this command does not write (another command's results, the
+   user's notes) are carried into the staging folder as hard links, so nothing is copied or
+   moved; this command's own files from an earlier run that it does not write now (a
+   ``maps.npz`` of an earlier ``--save-maps``) are left behind: they would be stale. A file
+   counts as mvfa-lite's only when the folder's marker lists it: names alone prove nothing (a
+   user's ``00000_patient_A.png`` looks like a ``predict`` overlay). A file named like one this
+   command writes but not listed is the user's: the command is refused at the start (one line
+   naming it) rather than replace it. Other files of the user's are kept beside the results, so
+   a folder of notes stays usable as ``--out``;
 2. a marker file (:data:`OUTPUT_MARKER`) names the command and every mvfa-lite file in
    the folder; image folders never read a folder that holds it;
 3. the staging folder and the old folder are exchanged in one atomic step (Linux
@@ -25,10 +25,10 @@ swaps it in only after the last one is written:
 So a kill at any moment leaves either the old complete result or the new complete result,
 and an exception while writing removes the staging folder and leaves the old one untouched.
 
-Result files (:func:`write_json`, :func:`save_result`) are written atomically too: a crash
-never leaves half a file. Every notebook ends with :func:`save_result` into its output
-folder; sweeps skip runs whose ``result.json`` exists, and the results page reads them all
-with :func:`collect_results`.
+Result files (:func:`write_json`, :func:`save_result`) are written atomically too. Every
+notebook ends with :func:`save_result` into its output folder; sweeps skip runs whose
+``result.json`` exists, and the results page reads them all
+(:func:`mvfa_lite.teaching.results.collect_results`).
 """
 from __future__ import annotations
 
@@ -60,8 +60,7 @@ OUTPUT_MARKER = ".mvfa-lite-output"
 #: What ``train`` writes; ``evaluate`` writes the same without adapters.pth.
 TRAIN_FILES = ("adapters.pth", "metrics.json", "scores.csv", "maps.npz")
 EVALUATE_FILES = ("metrics.json", "scores.csv", "maps.npz")
-#: The one wording of the notice that ``predict`` (its --help and its output) and the
-#: method pages of the book carry (tests/test_clinical_notice.py checks them).
+#: The one wording of the notice on ``predict`` and the book's method pages (checked by a test)
 RESEARCH_ONLY = ("Research use only, not for clinical use: mvfa-lite is not a medical "
                  "device, and its scores and maps are not diagnoses.")
 #: What ``predict`` writes: scores.csv and one numbered overlay per image.
@@ -303,8 +302,8 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:                     # alive, another user's
+        pass
     return True
 
 
@@ -360,40 +359,6 @@ def write_json(path: str | os.PathLike, payload) -> Path:
 def save_result(out_dir: str | Path, payload: dict) -> Path:
     """A notebook's final act: ``out_dir/result.json`` (metrics, parameters, weights used)."""
     return write_json(Path(out_dir) / RESULT_FILE, payload)
-
-
-def collect_results(root: str | Path) -> list[dict]:
-    """Every result.json below ``root``, flattened one level (``metrics.image_auroc`` ...),
-    with ``run`` = its folder relative to root. Short lists become tuples (see _cell).
-    Unreadable files are reported, not fatal."""
-    rows = []
-    for path in sorted(Path(root).rglob(RESULT_FILE)):
-        try:
-            payload = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            print(f"skipping unreadable {path}: {error}")
-            continue
-        row: dict = {"run": path.parent.relative_to(root).as_posix()}
-        for key, value in payload.items():
-            if isinstance(value, dict):
-                row.update({f"{key}.{k}": _cell(v) for k, v in value.items()
-                            if not isinstance(v, dict)})
-            else:
-                row[key] = _cell(value)
-        rows.append({k: v for k, v in row.items() if v is not _SKIP})
-    return rows
-
-
-_SKIP = object()
-
-
-def _cell(value):
-    """A table cell: lists of plain values become tuples (hashable, so groupable, e.g.
-    levels = (6, 12)); long histories and nested structures are left out."""
-    if isinstance(value, list):
-        plain = all(isinstance(v, (int, float, str, bool)) or v is None for v in value)
-        return tuple(value) if plain and len(value) <= 16 else _SKIP
-    return value
 
 
 def _plain(value):

@@ -1,3 +1,4 @@
 """Helpers that only the notebooks and the book use: the real/tiny weights switch (notebook),
-pictures and titled tables (viz), and the paper's published numbers (paper).
+pictures and titled tables (viz), the paper's published numbers (paper), the exercises'
+auto-checks (checks) and the results page's table of runs (results).
 """
