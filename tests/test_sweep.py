@@ -11,7 +11,8 @@ import pytest
 
 from mvfa_lite.data import catalogue
 from mvfa_lite.errors import DataError, MVFAError
-from mvfa_lite.outputs import collect_results, save_result, write_json
+from mvfa_lite.outputs import save_result, write_json
+from mvfa_lite.teaching.results import collect_results
 from mvfa_lite.tools.cli import main
 from mvfa_lite.tools.sweep import load_grid, notebook_parameters, run_sweep
 
