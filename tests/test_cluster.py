@@ -121,7 +121,7 @@ def test_ray_auto_without_a_cluster_is_one_line(grid, capsys, monkeypatch, tmp_p
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))     # no cluster recorded there
     line = run_cli(capsys, "sweep", grid(), "--executor", "ray", "--ray-address", "auto")
     assert "--executor ray: cannot start or reach Ray at auto: ConnectionError" in line
-    assert "Ray's logs:" in line
+    assert f"(Ray's logs: {tmp_path / 'ray' / 'ray' / 'session_latest' / 'logs'})" in line
 
 
 @pytest.mark.parametrize("executor, module", [("slurm", "submitit"), ("ray", "ray")])

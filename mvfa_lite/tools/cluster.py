@@ -94,6 +94,11 @@ def check_ray(address: str | None) -> str:
     return address
 
 
+def ray_logs() -> str:
+    """Where Ray writes the logs of its newest session on this machine ($RAY_TMPDIR or /tmp)."""
+    return os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest", "logs")
+
+
 def _query(command: list[str]) -> str | None:
     """The output of a scheduler command, None when it fails or is missing."""
     try:

@@ -28,12 +28,10 @@ from .cluster import (
     SlurmQueue,
     check_ray,
     check_slurm,
+    ray_logs,
     record_job,
     recorded_job,
 )
-
-#: where Ray writes the logs of the runtime it runs on this machine
-RAY_LOGS = "/tmp/ray/session_latest/logs"
 
 
 @dataclass
@@ -223,7 +221,7 @@ class RayExecutor:
                 ray.init(address=address, **self.init_options)
             except Exception as error:      # no cluster at "auto", refused token, ...
                 raise MVFAError(f"--executor ray: cannot start or reach Ray at {address}: "
-                                f"{_last_error(error)} (Ray's logs: {RAY_LOGS})") from None
+                                f"{_last_error(error)} (Ray's logs: {ray_logs()})") from None
         try:
             r = self.resources
             gpus = r.gpus if r.gpus is not None else min(1, ray.cluster_resources().get("GPU", 0))
