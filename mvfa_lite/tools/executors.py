@@ -87,6 +87,11 @@ class LocalExecutor:
             yield function(cell, progress=self.progress)
 
 
+#: how often a cell may be requeued at its time limit (submitit's default: 3); each time it
+#: continues after its last epoch, so a long training goes on over many time limits
+MAX_REQUEUES = 20
+
+
 class SlurmExecutor:
     """One SLURM job array through submitit, one task per cell; submitit's logs (and the
     pickled jobs) go to ``<output>/.slurm/``. ``cluster="local"`` runs the same submitit
@@ -163,7 +168,8 @@ class SlurmExecutor:
     def submitit_executor(self, logs: Path):
         """submitit's executor with this sweep's resources; logs and jobs go to ``logs``."""
         submitit = _require("submitit", "slurm")
-        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster)
+        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster,
+                                         slurm_max_num_timeout=MAX_REQUEUES)
         try:
             executor.update_parameters(**self._parameters(logs))
         except NameError as error:          # submitit's message lists the valid names
