@@ -6,8 +6,8 @@
 # resumes; a cancelled cell is named cancelled and the next run does only it; a killed sweep's
 # jobs are adopted, not submitted twice; a cell signalled before its 2-minute time limit is
 # requeued, resumes from its last epoch and ends with the result of an uninterrupted run;
-# --status. Ray: a 2-cell sweep through ray://, resumed through the GCS address; with the
-# head stopped, both addresses fail in one line.
+# --status. Ray (token authentication on): a 2-cell sweep through ray://, resumed through the
+# GCS address; with the head stopped, both addresses fail in one line.
 #
 #   bash scripts/test_cluster.sh          # WORK=folder keeps everything there (default: temp)
 #
@@ -232,7 +232,9 @@ check "requeue: the uninterrupted result" cmp "$WORK/out/requeue/epochs-12/resul
     "$WORK/out/whole/epochs-12/result.json"
 
 # --- Ray ----------------------------------------------------------------------------------
-say "ray: a local head on loopback"
+say "ray: a local head on loopback, with token authentication (Ray's default where a token is)"
+"$PY" -c "import uuid; print(uuid.uuid4().hex)" > "$WORK/ray-token"
+export RAY_AUTH_TOKEN_PATH=$WORK/ray-token      # the head turns tokens on; clients need the mode
 setsid "$(dirname "$PY")/ray" start --head --block --node-ip-address=127.0.0.1 --port=26379 \
     --ray-client-server-port=10001 --num-cpus=2 --include-dashboard=false \
     --disable-usage-stats --temp-dir="$WORK/ray" > "$WORK/log/ray.log" 2>&1 &

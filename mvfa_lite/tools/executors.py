@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -219,10 +221,14 @@ class RayExecutor:
         self.init_options = init_options or {}
 
     def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
+        imported = "ray" in sys.modules
+        address = check_ray(self.address)       # may choose RAY_AUTH_MODE: before Ray reads it
         ray = _require("ray", "ray")
         started = not ray.is_initialized()
         if started:
-            address = check_ray(self.address)
+            if imported and os.environ.get("RAY_AUTH_MODE") == "token":
+                from ray._raylet import Config     # Ray read its settings on import: again
+                Config.initialize("")
             try:
                 ray.init(address=address, **self.init_options)
             except Exception as error:      # no cluster at "auto", refused token, ...
