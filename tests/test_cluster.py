@@ -121,7 +121,7 @@ def test_ray_auto_without_a_cluster_is_one_line(grid, capsys, monkeypatch, tmp_p
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))     # no cluster recorded there
     line = run_cli(capsys, "sweep", grid(), "--executor", "ray", "--ray-address", "auto")
     assert "--executor ray: cannot start or reach Ray at auto: ConnectionError" in line
-    assert "Ray's logs:" in line
+    assert f"(Ray's logs: {tmp_path / 'ray' / 'ray' / 'session_latest' / 'logs'})" in line
 
 
 @pytest.mark.parametrize("executor, module", [("slurm", "submitit"), ("ray", "ray")])
@@ -219,3 +219,24 @@ def test_status_says_where_each_cell_stands(grid, slurm, capsys, tmp_path):
     assert "  x-3: failed: SLURM: timed out at its time limit (TIMEOUT)\n  x-4: to do\n" in text
     assert f"sweep {out}: 1 finished, 1 pending, 0 running, 1 failed, 1 to do" in text
     assert _submitted(slurm) == []
+
+
+def test_a_ray_token_at_hand_turns_the_clients_token_mode_on(tmp_path, monkeypatch):
+    """Ray's head enables token authentication when it finds a token; its clients send it
+    only under RAY_AUTH_MODE=token (else ray:// times out): the sweep chooses it then."""
+    import os
+
+    from mvfa_lite.tools.cluster import check_ray
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        monkeypatch.setenv(name, "x")           # recorded, so that the test leaves them as
+        monkeypatch.delenv(name)                # they were
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert check_ray(None) == "local" and "RAY_AUTH_MODE" not in os.environ
+    assert check_ray("auto") == "auto" and "RAY_AUTH_MODE" not in os.environ  # no token
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("secret")
+    check_ray("auto")
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")                     # the user's choice
+    check_ray("auto")
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"

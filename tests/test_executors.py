@@ -139,6 +139,7 @@ def test_slurm_jobs_ask_for_the_grids_resources(tmp_path, monkeypatch):
         1, 8, 32, 480)
     resources = resources.updated(partition="gpu", timeout_min=60, slurm={"account": "lab"})
     executor = SlurmExecutor(resources).submitit_executor(tmp_path / "table1" / ".slurm")
+    assert executor._executor.max_num_timeout == 20       # requeued at up to 20 time limits
     script = executor._executor._make_submission_file_text("python -m submitit", "x")
     for line in ("--partition=gpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=32GB",
                  "--time=60", "--account=lab", "--job-name=mvfa-table1", "--nodes=1"):

@@ -22,6 +22,7 @@ import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import MVFAError
@@ -80,8 +81,11 @@ def slurm_partitions() -> tuple[dict[str, bool], str | None]:
 def check_ray(address: str | None) -> str:
     """The address to pass to ``ray.init``: the one given, else $RAY_ADDRESS, else "local" (a
     runtime started here, as ``--help`` says, never a cluster that happens to run here). A
-    ``ray://`` address that does not answer is one line."""
+    ``ray://`` address that does not answer is one line. Call it before Ray reads its
+    settings (:func:`_ray_token_mode`)."""
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address != "local":
+        _ray_token_mode()
     if address.startswith("ray://"):
         where = urlsplit(address)
         try:
@@ -92,6 +96,22 @@ def check_ray(address: str | None) -> str:
                             f"`{RAY_HEAD}`, or leave --ray-address out to run Ray "
                             "here.") from None
     return address
+
+
+def _ray_token_mode() -> None:
+    """Ray turns token authentication on for a head that finds a token ($RAY_AUTH_TOKEN,
+    $RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token), but a client sends it only under
+    RAY_AUTH_MODE=token: without, ray:// times out and a GCS address retries forever. With
+    a token at hand and no mode chosen, token it is."""
+    token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not os.environ.get("RAY_AUTH_MODE") and (os.environ.get("RAY_AUTH_TOKEN")
+                                               or token_file.is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def ray_logs() -> str:
+    """Where Ray writes the logs of its newest session on this machine ($RAY_TMPDIR or /tmp)."""
+    return os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest", "logs")
 
 
 def _query(command: list[str]) -> str | None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,12 +30,10 @@ from .cluster import (
     SlurmQueue,
     check_ray,
     check_slurm,
+    ray_logs,
     record_job,
     recorded_job,
 )
-
-#: where Ray writes the logs of the runtime it runs on this machine
-RAY_LOGS = "/tmp/ray/session_latest/logs"
 
 
 @dataclass
@@ -87,6 +87,11 @@ class LocalExecutor:
         for i, cell in enumerate(cells, 1):
             print(f"[{i}/{len(cells)}] {cell.name}", flush=True)
             yield function(cell, progress=self.progress)
+
+
+#: how often a cell may be requeued at its time limit (submitit's default: 3); each time it
+#: continues after its last epoch, so a long training goes on over many time limits
+MAX_REQUEUES = 20
 
 
 class SlurmExecutor:
@@ -165,7 +170,8 @@ class SlurmExecutor:
     def submitit_executor(self, logs: Path):
         """submitit's executor with this sweep's resources; logs and jobs go to ``logs``."""
         submitit = _require("submitit", "slurm")
-        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster)
+        executor = submitit.AutoExecutor(folder=logs / "%j", cluster=self.cluster,
+                                         slurm_max_num_timeout=MAX_REQUEUES)
         try:
             executor.update_parameters(**self._parameters(logs))
         except NameError as error:          # submitit's message lists the valid names
@@ -215,15 +221,19 @@ class RayExecutor:
         self.init_options = init_options or {}
 
     def run(self, function: Callable, cells: list, output: Path) -> Iterator[CellResult]:
+        imported = "ray" in sys.modules
+        address = check_ray(self.address)       # may choose RAY_AUTH_MODE: before Ray reads it
         ray = _require("ray", "ray")
         started = not ray.is_initialized()
         if started:
-            address = check_ray(self.address)
+            if imported and os.environ.get("RAY_AUTH_MODE") == "token":
+                from ray._raylet import Config     # Ray read its settings on import: again
+                Config.initialize("")
             try:
                 ray.init(address=address, **self.init_options)
             except Exception as error:      # no cluster at "auto", refused token, ...
                 raise MVFAError(f"--executor ray: cannot start or reach Ray at {address}: "
-                                f"{_last_error(error)} (Ray's logs: {RAY_LOGS})") from None
+                                f"{_last_error(error)} (Ray's logs: {ray_logs()})") from None
         try:
             r = self.resources
             gpus = r.gpus if r.gpus is not None else min(1, ray.cluster_resources().get("GPU", 0))
