@@ -16,7 +16,7 @@ import time
 import torch
 
 from mvfa_lite.method.backbone import Backbone, load_backbone
-from mvfa_lite.runtime import autocast, machine
+from mvfa_lite.runtime import autocast, machine, resolve_device
 
 
 def main(argv=None) -> int:
@@ -26,11 +26,12 @@ def main(argv=None) -> int:
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, ...")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    backbone = load_backbone(args.model, "random", args.image_size)
-    device = backbone.pixel_mean.device
-    x = torch.randn(1, 1 + backbone.grid**2, backbone.width, requires_grad=True)
+    device = resolve_device(args.device)
+    backbone = load_backbone(args.model, "random", args.image_size).to(device)
+    x = torch.randn(1, 1 + backbone.grid**2, backbone.width, device=device, requires_grad=True)
     eager = Backbone.run_blocks.__get__(backbone)
     compiled = torch.compile(eager)
 
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
         with autocast(device, args.precision):
             out = run(x, 0, args.blocks)
         out.float().square().mean().backward()
-        return out
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     start = time.perf_counter()
     step(compiled)
@@ -55,12 +57,13 @@ def main(argv=None) -> int:
     best = {name: min(times) for name, times in wall.items()}
     best_cpu = {name: min(times) for name, times in cpu.items()}
     described = machine()
+    where = described["gpu"] if device.type == "cuda" else \
+        f"{described['cpu']} ({', '.join(described['matrix_units'])})"
     print(f"{args.model} at {args.image_size} px, {args.blocks} blocks, batch 1, forward and "
-          f"backward, {args.precision}, RANDOM WEIGHTS; {described['cpu']} "
-          f"({', '.join(described['matrix_units'])}), torch {torch.__version__}")
+          f"backward, {args.precision}, RANDOM WEIGHTS; {where}, torch {torch.__version__}")
     print(f"  first compile {first:.0f} s; eager {best['eager']:.3f} s, compiled "
           f"{best['compiled']:.3f} s: {best['eager'] / best['compiled']:.2f}x wall, "
-          f"{best_cpu['eager'] / best_cpu['compiled']:.2f}x CPU seconds; outputs differ by "
+          f"{best_cpu['eager'] / best_cpu['compiled']:.2f}x CPU seconds (of the host); outputs differ by "
           f"{float((a - b).abs().max() / a.abs().max()):.1e} (relative)")
     return 0
 

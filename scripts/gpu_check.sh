@@ -16,6 +16,7 @@
 #      run again on the CPU, and each GPU run's scores against the CPU's (Pearson, |dAUROC|);
 #   c. speed (130 s): `mvfa-lite bench` of ViT-L-14-336 at 240 px: bf16 at batch 1 and 256,
 #      fp16 at 256, bf16 at 256 under torch.compile; training step at batch 32 (peak memory);
+#      then, where time is left, scripts/bench_compile.py: a batch-1 training pass, compiled;
 #   d. the official code beside ours (170 s): `compare-official --device cuda` (training and
 #      speed: one epoch at batch 1 in each program), a timed `mvfa-lite train --protocol
 #      corrected` (3 epochs, batch 16) on the same staged data, and the PROJECTION of all
@@ -140,6 +141,8 @@ for batch in "${BATCHES[@]}"; do
 done
 bench fp16-b$BEST 25 --precision fp16 --batch-size $BEST
 (( COMPILE )) && bench bf16-b$BEST-compile 130 --precision bf16 --batch-size $BEST --compile
+(( COMPILE )) && run_step compile-b1 90 "$PY" scripts/bench_compile.py --device cuda \
+    --model $BIG --image-size $SIZE --precision bf16     # a paper-protocol step, compiled
 
 stage d-official 170
 run_step compare-official 150 "$PY" -m mvfa_lite compare-official "$OFFICIAL" \
