@@ -4,7 +4,7 @@
 # head, both on loopback, each running 2-cell sweeps. SLURM: a bad partition and a missing
 # time limit stop in one line with nothing submitted; a 2-cell training sweep finishes and
 # resumes; a cancelled cell is named cancelled and the next run does only it; a killed sweep's
-# jobs are adopted, not submitted twice; a cell signalled before its 2-minute time limit is
+# jobs are adopted, not submitted twice; a cell signalled before its 3-minute time limit is
 # requeued, resumes from its last epoch and ends with the result of an uninterrupted run;
 # --status. Ray (token authentication on): a 2-cell sweep through ray://, resumed through the
 # GCS address; with the head stopped, both addresses fail in one line.
@@ -152,7 +152,7 @@ grid train train slurm-train "{seed: [0, 1]}" "timeout_min: 20"
 grid plain sleep plain "{x: [1, 2]}"
 grid cancel sleep cancel "{x: [1, 2], seconds: [30]}"
 grid adopt sleep adopt "{x: [1, 2], seconds: [30]}"
-grid requeue train requeue "{epochs: [12]}" "timeout_min: 2"
+grid requeue train requeue "{epochs: [12]}" "timeout_min: 3"
 grid whole train whole "{epochs: [12]}"
 grid ray train ray-train "{seed: [0, 1]}"
 jobs() { squeue -h -r --me | wc -l; }
@@ -220,7 +220,7 @@ sweep "$WORK/adopt.yaml" --status | tee "$WORK/o9"
 check "status: both finished" grep -q "2 finished, 0 pending, 0 running, 0 failed, 0 to do" \
     "$WORK/o9"
 
-say "slurm: a cell signalled before its 2-minute time limit is requeued and resumes"
+say "slurm: a cell signalled before its 3-minute time limit is requeued and resumes"
 sweep "$WORK/requeue.yaml" --executor slurm | tee "$WORK/o10"; rc=${PIPESTATUS[0]}
 check "requeue: exit 0" rc_is "$rc" 0
 check "requeue: requeued by submitit at the signal" grep -rq "Requeued job" \
