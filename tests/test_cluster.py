@@ -120,7 +120,9 @@ def test_ray_auto_without_a_cluster_is_one_line(grid, capsys, monkeypatch, tmp_p
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))     # no cluster recorded there
     line = run_cli(capsys, "sweep", grid(), "--executor", "ray", "--ray-address", "auto")
-    assert "--executor ray: cannot start or reach Ray at auto: ConnectionError" in line
+    assert ("--executor ray: cannot start or reach Ray at auto: ConnectionError: no Ray "
+            "cluster runs on this machine; start one (ray start) or leave --ray-address out")\
+        in line and "`--address`" not in line
     assert f"(Ray's logs: {tmp_path / 'ray' / 'ray' / 'session_latest' / 'logs'})" in line
 
 

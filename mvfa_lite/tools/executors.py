@@ -232,8 +232,12 @@ class RayExecutor:
             try:
                 ray.init(address=address, **self.init_options)
             except Exception as error:      # no cluster at "auto", refused token, ...
+                said = ("ConnectionError: no Ray cluster runs on this machine; start one (ray "
+                        "start) or leave --ray-address out to run Ray here"
+                        if address == "auto" and isinstance(error, ConnectionError)
+                        else _last_error(error))    # (Ray's own advice names its own flag)
                 raise MVFAError(f"--executor ray: cannot start or reach Ray at {address}: "
-                                f"{_last_error(error)} (Ray's logs: {ray_logs()})") from None
+                                f"{said} (Ray's logs: {ray_logs()})") from None
         try:
             r = self.resources
             gpus = r.gpus if r.gpus is not None else min(1, ray.cluster_resources().get("GPU", 0))
