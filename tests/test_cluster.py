@@ -9,23 +9,16 @@ import socket
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
+from notebook_cases import write_notebook
 from test_bad_input import run_cli
 
 SINFO = "cpu* (null)\ncpu* (null)\ngpu gpu:a100:4\n"
 
 
 def _notebook(path: Path) -> Path:
-    parameters = nbformat.v4.new_code_cell("x = 0\nout_dir = '.'")
-    parameters.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell("import pathlib\n"
-                                     "pathlib.Path(out_dir, 'result.json').write_text('{}')")
-    notebook = nbformat.v4.new_notebook(cells=[parameters, body])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    nbformat.write(notebook, path)
-    return path
+    return write_notebook(path, "x = 0\nout_dir = '.'",
+                          "import pathlib\npathlib.Path(out_dir, 'result.json').write_text('{}')")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from notebook_cases import write_notebook
 from test_data import make_dataset
 
 from mvfa_lite.protocols import train, training_state
@@ -52,7 +53,8 @@ def test_a_training_killed_mid_run_resumes_to_the_uninterrupted_result(tmp_path)
     killed.send_signal(signal.SIGKILL)                   # as a time limit or pre-emption would
     killed.wait(timeout=60)
     epoch = torch.load(cut / STATE_FILE, weights_only=True)["epoch"]
-    assert 1 <= epoch < 3 and not (cut / "metrics.json").exists()
+    assert 1 <= epoch < 3                              # killed between two epochs
+    assert not (cut / "metrics.json").exists()
 
     resumed = subprocess.run([*argv, str(cut)], capture_output=True, text=True, timeout=600,
                              env=env)
@@ -115,21 +117,14 @@ def test_a_state_for_other_settings_is_not_resumed(tiny_config, tmp_path):
 
 
 def _grid(tmp_path: Path, output: str, data: Path) -> Path:
-    import nbformat
-    parameters = nbformat.v4.new_code_cell("data = ''\nepochs = 4\nout_dir = '.'")
-    parameters.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(
+    write_notebook(tmp_path / "train.ipynb", "data = ''\nepochs = 4\nout_dir = '.'", (
         "from mvfa_lite import preset, run_few_shot\n"
         "from mvfa_lite.outputs import save_result\n"
         "config = preset('fast-cpu', epochs=epochs, shots=1, device='cpu')\n"
         "run = run_few_shot(config, data, support_split='test', test_split='test', out=out_dir,\n"
         "                   progress=False)\n"
         "save_result(out_dir, {'metrics': run.metrics, 'history': run.train.history,\n"
-        "                      'best_epoch': run.train.best_epoch})")
-    notebook = nbformat.v4.new_notebook(cells=[parameters, body])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    nbformat.write(notebook, tmp_path / "train.ipynb")
+        "                      'best_epoch': run.train.best_epoch})"))
     grid = tmp_path / f"{output}.yaml"
     grid.write_text(f"notebook: {tmp_path / 'train.ipynb'}\noutput: {tmp_path / output}\n"
                     f"parameters: {{data: {data}}}\ngrid: {{epochs: [4]}}\n")

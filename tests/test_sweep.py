@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from notebook_cases import write_notebook
 
 from mvfa_lite.data import catalogue
 from mvfa_lite.errors import DataError, MVFAError
@@ -21,20 +22,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _notebook(path, parameters="x = 0\ncrash_flag = ''\nname = ''\nout_dir = '.'"):
     """Parameters, then a result (or a crash while `crash_flag` exists and x == 2)."""
-    cell = nbformat.v4.new_code_cell(parameters)
-    cell.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(          # plain json: no torch import, a fast kernel
+    return write_notebook(path, parameters, (   # plain json: no torch import, a fast kernel
         "import json, pathlib\n"
         "print('cell x =', x)\n"
         "if crash_flag and pathlib.Path(crash_flag).exists() and x == 2:\n"
         "    raise RuntimeError('simulated crash')\n"
         "result = {'metrics': {'value': x * 10}, 'parameters': {'x': x, 'name': name}}\n"
-        "pathlib.Path(out_dir, 'result.json').write_text(json.dumps(result))")
-    notebook = nbformat.v4.new_notebook(cells=[cell, body])
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                       "language": "python"}
-    nbformat.write(notebook, path)
-    return path
+        "pathlib.Path(out_dir, 'result.json').write_text(json.dumps(result))"))
 
 
 def _grid(tmp_path, text, notebook=True):
