@@ -342,9 +342,11 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         reason = write_failure(error, path.parent)
         if reason is None:
             raise
-        raise OutputError(f"cannot write {path.name} into {path.parent}: {reason}; the earlier "
-                          f"{path.name} is kept. Free space (or raise the quota/file size "
-                          "limit) and run again.") from error
+        kept = (f"the earlier {path.name} is kept" if path.exists()
+                else f"{path.parent} is left as it was")
+        raise OutputError(f"cannot write {path.name} into {path.parent}: {reason}; {kept}. "
+                          "Free space (or raise the quota/file size limit) and run "
+                          "again.") from error
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -73,6 +73,7 @@ class Selection:
         self.before = {j for j in range(n_batches) if j % max(1, n_batches // 5) == 0} \
             if schedule == "fifths" else set()
         self.best_state = None
+        self.rescore = False          # True after a resume: the kept adapters' scores are lost
 
     def before_batch(self, batch: int, epoch: int, steps: int) -> None:
         if batch in self.before:
@@ -90,13 +91,14 @@ class Selection:
             result.best_score, result.best_epoch, result.best_step = score, epoch + 1, steps
             result.best_scores = scores
             self.best_state = copy.deepcopy(self.model.banks.state_dict())
+            self.rescore = False
 
     def keep_best(self) -> None:
         """Load the kept adapters (the last ones stay when nothing was selected); kept before
         a resume, their scores are made again (the same numbers: the same adapters)."""
         if self.best_state is not None:
             self.model.banks.load_state_dict(self.best_state)
-            if self.result.best_scores is None:
+            if self.rescore:
                 self.result.best_scores = self.select()[1]
                 self.model.banks.eval()
 
@@ -184,6 +186,7 @@ def _restore(saved: dict, model, optimizers, scaler, generator, result, selectio
     result.best_epoch, result.best_step, result.best_score = saved["best"]
     if selection:
         selection.best_state = saved["best_state"]
+        selection.rescore = saved["best_state"] is not None
     return saved["steps"]
 
 
