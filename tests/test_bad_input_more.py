@@ -191,6 +191,50 @@ def test_a_real_train_over_a_file_size_limit_is_one_line_and_keeps_the_result(tm
     assert snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["d", "run"]
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A tmpfs mounted at tmp_path/"disk" (root only), sized by the test: a real full disk."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a full tmpfs needs root to mount it; the ulimit -f test covers the rest")
+
+    def mount(kib: int) -> Path:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", disk],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        return disk
+    yield mount
+    subprocess.run(["umount", disk], capture_output=True)
+
+
+def test_a_real_train_on_a_full_disk_is_one_line_and_keeps_the_result(tmp_path, small_tmpfs):
+    """A disk with room for one result but not for a second one staged beside it (ENOSPC,
+    not a file-size limit): one line naming the folder, exit 2, the earlier result whole."""
+    from test_data import make_dataset
+    data, first_out = make_dataset(tmp_path / "d"), tmp_path / "first"
+    def argv(out, *options):
+        return [sys.executable, "-m", "mvfa_lite",
+                *map(str, train_argv(data, out, "--epochs", "1", *options))]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    first = subprocess.run(argv(first_out), capture_output=True, text=True, timeout=600,
+                           env=env)
+    assert first.returncode == 0, first.stderr
+    size_kib = sum(p.stat().st_size for p in first_out.rglob("*") if p.is_file()) // 1024
+    out = small_tmpfs(size_kib * 3 // 2 + 64) / "run"      # room for 1.5 results
+    subprocess.run(["cp", "-a", first_out, out], check=True)
+    before = snapshot(out)
+    done = subprocess.run(argv(out, "--seed", "3"), capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, line
+    assert line.startswith("mvfa-lite train: error: cannot write "), line
+    assert f"into {out}" in line and "MiB free there" in line, line
+    assert snapshot(out) == before and [p.name for p in out.parent.iterdir()] == ["run"]
+
+
 @pytest.mark.parametrize("case", ["seed file", "weights directory"])
 def test_a_refused_run_leaves_no_trace_in_out(tmp_path, capsys, monkeypatch, case):
     from test_data import make_dataset
