@@ -172,14 +172,36 @@ def test_protocol_table():
     assert preset("fast-cpu").model_name == "tiny-random"
 
 
-def test_sdpa_blocks_match_open_clip_blocks(tiny_model):
+def official_block(block, x):
+    """The official code's block: sequence-first (T, B, W), nn.MultiheadAttention asked for
+    its weights (need_weights=True, the path that computes softmax(q k^T) explicitly)."""
+    attn, x = block.attn, x.transpose(0, 1)
+    h = block.ln_1(x)
+    out, _ = torch.nn.functional.multi_head_attention_forward(
+        h, h, h, attn.embed_dim, attn.num_heads, attn.in_proj_weight, attn.in_proj_bias,
+        None, None, False, 0.0, attn.out_proj.weight, attn.out_proj.bias, training=False,
+        need_weights=True)
+    x = x + block.ls_1(out)
+    return (x + block.ls_2(block.mlp(block.ln_2(x)))).transpose(0, 1)
+
+
+def test_fp32_blocks_are_the_official_arithmetic_bit_for_bit(tiny_model):
     x = torch.randn(3, 290, 96)
     expected = x
     with torch.no_grad():
         for block in tiny_model.backbone.blocks:
+            expected = official_block(block, expected)
+        assert torch.equal(tiny_model.backbone.run_blocks(x, 0, 4), expected)
+
+
+def test_low_precision_blocks_match_open_clip_blocks(tiny_model):
+    x = torch.randn(3, 290, 96)
+    expected = x
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for block in tiny_model.backbone.blocks:
             expected = block(expected)
         torch.testing.assert_close(tiny_model.backbone.run_blocks(x, 0, 4), expected,
-                                   rtol=1e-4, atol=1e-4)
+                                   rtol=3e-2, atol=3e-2)
 
 
 def test_openai_torchscript_checkpoint_is_converted(tmp_path, monkeypatch):

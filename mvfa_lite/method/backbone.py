@@ -18,6 +18,7 @@ is never silently ignored).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 import warnings
@@ -154,10 +155,9 @@ class Backbone(nn.Module):
 
 
 def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """One open_clip residual block with attention computed by ``scaled_dot_product_attention``
-    on batch-first, contiguous tensors. nn.MultiheadAttention transposes to (T, B, W) first,
-    which in bf16 on CPU hits a copy that is ~100x slower than the maths; SDPA also picks the
-    flash / memory-efficient kernels on GPU. Its projections take their weights from
+    """One open_clip residual block on batch-first, contiguous tensors (B, T, W).
+    nn.MultiheadAttention transposes to (T, B, W) first, which in bf16 on CPU hits a copy that
+    is ~100x slower than the maths. Its projections take their weights from
     :func:`_in_autocast_dtype`. Other block types run their own forward."""
     attn = getattr(block, "attn", None)
     if not isinstance(attn, nn.MultiheadAttention) or hasattr(block, "ln_1_kv"):
@@ -167,12 +167,23 @@ def _block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     qkv = F.linear(block.ln_1(x), _in_autocast_dtype(attn.in_proj_weight),
                    _in_autocast_dtype(attn.in_proj_bias))                   # (B, T, 3W)
     q, k, v = qkv.view(b, t, 3, heads, w // heads).permute(2, 0, 3, 1, 4)     # (B, H, T, W/H)
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, w)
+    out = _attention(q, k, v).transpose(1, 2).reshape(b, t, w)
     x = x + block.ls_1(_linear(attn.out_proj, out))
     h = block.ln_2(x)
     for layer in block.mlp:                           # c_fc, activation, c_proj
         h = _linear(layer, h) if isinstance(layer, nn.Linear) else layer(h)
     return x + block.ls_2(h)
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v over (B, H, T, d). In low precision (autocast on), the
+    ``scaled_dot_product_attention`` kernels (flash / memory-efficient on GPU). In fp32, the
+    operations of nn.MultiheadAttention in the order it runs them (q scaled, then two batched
+    products): bit for bit the official code's attention, as fast on a CPU (book/protocols)."""
+    if torch.is_autocast_enabled(q.device.type):
+        return F.scaled_dot_product_attention(q, k, v)
+    weights = torch.matmul(q * math.sqrt(1.0 / q.shape[-1]), k.transpose(-2, -1))  # (B,H,T,T)
+    return torch.matmul(weights.softmax(dim=-1), v)
 
 
 def _linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
