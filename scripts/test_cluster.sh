@@ -7,7 +7,8 @@
 # jobs are adopted, not submitted twice; a cell signalled as SLURM does before its time limit is
 # requeued, resumes from its last epoch and ends with the result of an uninterrupted run;
 # --status. Ray (token authentication on): a 2-cell sweep through ray://, resumed through the
-# GCS address; with the head stopped, both addresses fail in one line.
+# GCS address; with the head stopped, ray://, the GCS address and auto (the stopped head's
+# address recorded, then none) each fail in one line.
 #
 #   bash scripts/test_cluster.sh          # WORK=folder keeps everything there (default: temp)
 #   PARTS=ray bash scripts/test_cluster.sh     # one part: slurm or ray
@@ -252,7 +253,7 @@ say "ray: a local head on loopback, with token authentication (Ray's default whe
 export RAY_AUTH_TOKEN_PATH=$WORK/ray-token      # the head turns tokens on; clients need the mode
 setsid "$(dirname "$PY")/ray" start --head --block --node-ip-address=127.0.0.1 --port=26379 \
     --ray-client-server-port=10001 --num-cpus=2 --include-dashboard=false \
-    --disable-usage-stats --temp-dir="$WORK/ray" > "$WORK/log/ray.log" 2>&1 &
+    --disable-usage-stats --temp-dir="$WORK/ray/ray" > "$WORK/log/ray.log" 2>&1 &
 echo $! > "$RUN/ray.pid"
 wait_for 90 grep -q "Ray runtime started" "$WORK/log/ray.log" \
     || { tail "$WORK/log/ray.log"; exit 1; }
@@ -270,10 +271,20 @@ sweep "$WORK/plain.yaml" --executor ray --ray-address ray://127.0.0.1:10001 2> "
 rc=$?; cat "$WORK/e14"
 check "ray:// without a head: exit 2" rc_is "$rc" 2
 check "ray:// without a head: one line" said_once "$WORK/e14" "does not answer"
-sweep "$WORK/plain.yaml" --executor ray --ray-address auto 2> "$WORK/e15"; rc=$?
+sweep "$WORK/plain.yaml" --executor ray --ray-address 127.0.0.1:26379 2> "$WORK/e15"; rc=$?
 cat "$WORK/e15"
+check "GCS address without a head: exit 2" rc_is "$rc" 2
+check "GCS address without a head: one line" said_once "$WORK/e15" "does not answer"
+# the killed head's address stays in Ray's folder, where auto finds it (Ray retries it)
+sweep "$WORK/plain.yaml" --executor ray --ray-address auto 2> "$WORK/e16"; rc=$?
+cat "$WORK/e16"
+check "auto, the head gone: exit 2" rc_is "$rc" 2
+check "auto, the head gone: one line" said_once "$WORK/e16" "the Ray cluster recorded in"
+rm "$WORK/ray/ray/ray_current_cluster"
+sweep "$WORK/plain.yaml" --executor ray --ray-address auto 2> "$WORK/e17"; rc=$?
+cat "$WORK/e17"
 check "auto without a cluster: exit 2" rc_is "$rc" 2
-check "auto without a cluster: one line" said_once "$WORK/e15" "cannot start or reach Ray at auto"
+check "auto without a cluster: one line" said_once "$WORK/e17" "cannot start or reach Ray at auto"
 
 }
 

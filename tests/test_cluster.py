@@ -109,6 +109,28 @@ def test_a_ray_address_that_does_not_answer_is_one_line(grid, capsys):
     assert "ray start --head" in line
 
 
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_ray_gcs_address_that_does_not_answer_is_one_line(grid, capsys, monkeypatch,
+                                                             tmp_path, recorded):
+    """A GCS host:port, given or recorded by a head that was killed (``auto`` reads it from
+    Ray's folder), is refused at once: Ray itself would retry it for minutes."""
+    pytest.importorskip("ray", reason="the [ray] extra is not installed")
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]            # closed once the block ends
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    record = tmp_path / "ray" / "ray_current_cluster"
+    if recorded:
+        record.parent.mkdir()
+        record.write_text(f"127.0.0.1:{port}\n")
+    line = run_cli(capsys, "sweep", grid(), "--executor", "ray", "--ray-address",
+                   "auto" if recorded else f"127.0.0.1:{port}")
+    named = (f"--ray-address auto: the Ray cluster recorded in {record} (127.0.0.1:{port})"
+             if recorded else f"--ray-address 127.0.0.1:{port}")
+    assert f"{named} does not answer (Connection refused)" in line
+    assert "ray start --head" in line
+
+
 def test_ray_auto_without_a_cluster_is_one_line(grid, capsys, monkeypatch, tmp_path):
     pytest.importorskip("ray", reason="the [ray] extra is not installed")
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))     # no cluster recorded there
@@ -226,6 +248,7 @@ def test_a_ray_token_at_hand_turns_the_clients_token_mode_on(tmp_path, monkeypat
         monkeypatch.setenv(name, "x")           # recorded, so that the test leaves them as
         monkeypatch.delenv(name)                # they were
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))              # no cluster recorded
     assert check_ray(None) == "local" and "RAY_AUTH_MODE" not in os.environ
     assert check_ray("auto") == "auto" and "RAY_AUTH_MODE" not in os.environ  # no token
     (tmp_path / ".ray").mkdir()

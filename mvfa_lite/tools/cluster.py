@@ -3,7 +3,7 @@
 Before anything is submitted, :func:`check_slurm` refuses in one line what SLURM would refuse
 later, or kill silently: no time limit (submitit's default is 5 minutes), a partition that
 ``sinfo`` does not list, GPUs asked on a partition whose nodes have none. :func:`check_ray`
-does the same for a Ray address that does not answer.
+does the same for a Ray address that does not answer (``ray://``, ``host:port`` or ``auto``).
 
 While the jobs run, each cell's folder records the job that owns it (:data:`JOB_FILE`), so a
 sweep run again adopts the cells whose jobs are still pending or running instead of
@@ -80,22 +80,37 @@ def slurm_partitions() -> tuple[dict[str, bool], str | None]:
 
 def check_ray(address: str | None) -> str:
     """The address to pass to ``ray.init``: the one given, else $RAY_ADDRESS, else "local" (a
-    runtime started here, as ``--help`` says, never a cluster that happens to run here). A
-    ``ray://`` address that does not answer is one line. Call it before Ray reads its
-    settings (:func:`_ray_token_mode`)."""
+    runtime started here, as ``--help`` says, never a cluster that happens to run here). An
+    address that does not answer is one line: ``ray://``, a GCS ``host:port``, and ``auto``
+    where a cluster is recorded on this machine (a head that was killed leaves its address
+    there, and Ray would retry it for minutes). Call it before Ray reads its settings
+    (:func:`_ray_token_mode`)."""
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address != "local":
         _ray_token_mode()
-    if address.startswith("ray://"):
-        where = urlsplit(address)
-        try:
-            socket.create_connection((where.hostname, where.port or 10001), timeout=5).close()
-        except OSError as error:
-            raise MVFAError(f"--ray-address {address} does not answer "
-                            f"({error.strerror or error}); start the cluster's head with "
-                            f"`{RAY_HEAD}`, or leave --ray-address out to run Ray "
-                            "here.") from None
+    if address == "auto":
+        recorded = ray_cluster_file()
+        if recorded.is_file() and recorded.read_text().strip():
+            gcs = recorded.read_text().strip()
+            _must_answer(gcs, f"--ray-address auto: the Ray cluster recorded in {recorded} "
+                              f"({gcs})")
+    elif address.startswith("ray://") or "://" not in address and address != "local":
+        _must_answer(address, f"--ray-address {address}")
     return address
+
+
+def _must_answer(address: str, named: str) -> None:
+    """MVFAError, one line, unless something listens at ``address`` (ray://host:port or
+    host:port) within 5 seconds."""
+    where = urlsplit(address if "://" in address else f"//{address}")
+    default = 10001 if address.startswith("ray://") else 6379     # Ray's own defaults
+    try:
+        socket.create_connection((where.hostname, where.port or default), timeout=5).close()
+    except (OSError, ValueError) as error:
+        said = getattr(error, "strerror", None) or error
+        raise MVFAError(f"{named} does not answer ({said}); start the cluster's head with "
+                        f"`{RAY_HEAD}`, or leave --ray-address out to run Ray "
+                        "here.") from None
 
 
 def _ray_token_mode() -> None:
@@ -109,9 +124,19 @@ def _ray_token_mode() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def ray_temp_dir() -> Path:
+    """Ray's folder on this machine: $RAY_TMPDIR/ray, else /tmp/ray."""
+    return Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray"
+
+
+def ray_cluster_file() -> Path:
+    """Where ``ray start`` records the address of the cluster that ``auto`` connects to."""
+    return ray_temp_dir() / "ray_current_cluster"
+
+
 def ray_logs() -> str:
-    """Where Ray writes the logs of its newest session on this machine ($RAY_TMPDIR or /tmp)."""
-    return os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray", "session_latest", "logs")
+    """Where Ray writes the logs of its newest session on this machine."""
+    return str(ray_temp_dir() / "session_latest" / "logs")
 
 
 def _query(command: list[str]) -> str | None:
