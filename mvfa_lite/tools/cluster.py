@@ -90,8 +90,8 @@ def check_ray(address: str | None) -> str:
         _ray_token_mode()
     if address == "auto":
         recorded = ray_cluster_file()
-        if recorded.is_file() and recorded.read_text().strip():
-            gcs = recorded.read_text().strip()
+        gcs = recorded.read_text().strip() if recorded.is_file() else ""
+        if gcs:
             _must_answer(gcs, f"--ray-address auto: the Ray cluster recorded in {recorded} "
                               f"({gcs})")
     elif address.startswith("ray://") or "://" not in address and address != "local":
