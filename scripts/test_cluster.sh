@@ -288,7 +288,10 @@ check "auto without a cluster: one line" said_once "$WORK/e17" "cannot start or 
 
 }
 
-PARTS=${PARTS:-slurm ray}      # PARTS=ray: the Ray checks alone
+# Ray first: run after the SLURM part, Ray Client's per-client server sometimes died at spawn
+# (2 of 3 full runs on 2-core machines, empty log; the Ray part alone: every run passed).
+# The cause is not found yet (issue 23); the order keeps both parts tested meanwhile.
+PARTS=${PARTS:-ray slurm}      # PARTS=ray: the Ray checks alone
 for part in $PARTS; do
     case $part in
         slurm) start_slurm && slurm_checks ;;
