@@ -89,12 +89,12 @@ def check_ray(address: str | None) -> str:
     if address != "local":
         _ray_token_mode()
     if address == "auto":
-        recorded = ray_cluster_file()
+        recorded = ray_temp_dir() / "ray_current_cluster"      # where `ray start` records it
         gcs = recorded.read_text().strip() if recorded.is_file() else ""
         if gcs:
             _must_answer(gcs, f"--ray-address auto: the Ray cluster recorded in {recorded} "
                               f"({gcs})")
-    elif address.startswith("ray://") or "://" not in address and address != "local":
+    elif address != "local" and (address.startswith("ray://") or "://" not in address):
         _must_answer(address, f"--ray-address {address}")
     return address
 
@@ -127,11 +127,6 @@ def _ray_token_mode() -> None:
 def ray_temp_dir() -> Path:
     """Ray's folder on this machine: $RAY_TMPDIR/ray, else /tmp/ray."""
     return Path(os.environ.get("RAY_TMPDIR") or "/tmp") / "ray"
-
-
-def ray_cluster_file() -> Path:
-    """Where ``ray start`` records the address of the cluster that ``auto`` connects to."""
-    return ray_temp_dir() / "ray_current_cluster"
 
 
 def ray_logs() -> str:
